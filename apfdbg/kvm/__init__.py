@@ -1,0 +1,80 @@
+"""KVM paravirtual async page faults: the host model (no emulator, no UI here).
+
+Public entry points: :class:`AsyncPfHost` (one per machine), the ports it needs
+(:class:`VcpuPort`, :class:`GuestMemory`, :class:`Clock`, :class:`PageInRequester`),
+the profiles (``seed``, ``2.6.38``) and the events it emits.
+"""
+
+from .apf import (
+    AsyncPfHost,
+    AsyncPfWork,
+    Clock,
+    EventSink,
+    GuestMemory,
+    MsrFault,
+    Outcome,
+    PageInRequester,
+    VcpuApf,
+    VcpuApfSnapshot,
+    VcpuPort,
+    WorkInfo,
+    WorkState,
+)
+from .events import KVM_EVENT_TYPES, Event, KvmEvent, kvm_event_adapter
+from .gfn_hash import ASYNC_PF_PER_VCPU, EMPTY, GfnHash, hash_32
+from .profiles import (
+    DEFAULT_PROFILE,
+    KVM_ASYNC_PF_ENABLED,
+    KVM_ASYNC_PF_SEND_ALWAYS,
+    KVM_CAP_ASYNC_PF,
+    KVM_FEATURE_ASYNC_PF,
+    KVM_PV_REASON_PAGE_NOT_PRESENT,
+    KVM_PV_REASON_PAGE_READY,
+    LINUX_2_6_38,
+    MSR_KVM_ASYNC_PF_EN,
+    PROFILES,
+    SEED,
+    WAKE_ALL_TOKEN,
+    Profile,
+    ReadyDelivery,
+    get_profile,
+)
+
+__all__ = [
+    "AsyncPfHost",
+    "AsyncPfWork",
+    "Clock",
+    "EventSink",
+    "GuestMemory",
+    "MsrFault",
+    "Outcome",
+    "PageInRequester",
+    "VcpuApf",
+    "VcpuApfSnapshot",
+    "VcpuPort",
+    "WorkInfo",
+    "WorkState",
+    "KVM_EVENT_TYPES",
+    "Event",
+    "KvmEvent",
+    "kvm_event_adapter",
+    "ASYNC_PF_PER_VCPU",
+    "EMPTY",
+    "GfnHash",
+    "hash_32",
+    "DEFAULT_PROFILE",
+    "KVM_ASYNC_PF_ENABLED",
+    "KVM_ASYNC_PF_SEND_ALWAYS",
+    "KVM_CAP_ASYNC_PF",
+    "KVM_FEATURE_ASYNC_PF",
+    "KVM_PV_REASON_PAGE_NOT_PRESENT",
+    "KVM_PV_REASON_PAGE_READY",
+    "LINUX_2_6_38",
+    "MSR_KVM_ASYNC_PF_EN",
+    "PROFILES",
+    "SEED",
+    "WAKE_ALL_TOKEN",
+    "Profile",
+    "ReadyDelivery",
+    "get_profile",
+]

@@ -1,0 +1,45 @@
+"""What the machine asks of a host model (KVM's async PF lives behind this, in apfdbg.kvm).
+
+The machine knows no KVM: it reports exits and lets the host decide. `NullHost` is a host with no
+paravirtual features: a vCPU that touches a swapped-out frame waits for it synchronously.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .vcpu import VCpu
+
+
+class Host(Protocol):
+    def msr_ids(self) -> frozenset[int]: ...
+    def rdmsr(self, vcpu: "VCpu", index: int) -> int | None: ...          # None: #GP(0)
+    def wrmsr(self, vcpu: "VCpu", index: int, value: int) -> bool: ...    # False: #GP(0)
+    def cpuid_features(self) -> int: ...                                  # leaf 0x40000001 EAX
+    def on_swapped_fault(self, vcpu: "VCpu", gfn: int, gva: int, access: str) -> bool: ...
+    """True if the host took care of it (async PF or halt); False: the machine stalls the vCPU."""
+    def before_entry(self, vcpu: "VCpu") -> None: ...
+    def on_interrupt_wake(self, vcpu: "VCpu") -> None: ...
+
+
+class NullHost:
+    def msr_ids(self) -> frozenset[int]:
+        return frozenset()
+
+    def rdmsr(self, vcpu, index):
+        return None
+
+    def wrmsr(self, vcpu, index, value):
+        return False
+
+    def cpuid_features(self) -> int:
+        return 0
+
+    def on_swapped_fault(self, vcpu, gfn, gva, access) -> bool:
+        return False
+
+    def before_entry(self, vcpu) -> None:
+        pass
+
+    def on_interrupt_wake(self, vcpu) -> None:
+        pass

@@ -1,0 +1,150 @@
+"""Guest images: static ELF64 executables and flat binaries.
+
+Loading only describes *what* goes where; the machine copies it into RAM. Symbols are kept so the
+UI and debugger can name addresses.
+"""
+from __future__ import annotations
+
+import bisect
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+BOOT_AREA_END = 0x100000
+"""Images must load at or above 1 MiB: below is apfdbg's boot area (docs/guest-abi.md)."""
+
+
+class ImageError(ValueError):
+    """The image cannot be run; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    paddr: int
+    data: bytes
+    memsz: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    addr: int
+    size: int
+    kind: str  # "func", "object", "notype"
+
+
+@dataclass
+class Image:
+    path: str
+    entry: int
+    segments: list[Segment]
+    symbols: list[Symbol] = field(default_factory=list)
+    elf: bytes | None = None  # the whole file, for DWARF readers later
+
+    def __post_init__(self) -> None:
+        self.symbols.sort(key=lambda s: s.addr)
+        self._addrs = [s.addr for s in self.symbols]
+        self._by_name = {s.name: s for s in self.symbols}
+
+    def symbol(self, name: str) -> Symbol | None:
+        return self._by_name.get(name)
+
+    def lookup(self, addr: int) -> tuple[Symbol, int] | None:
+        """The symbol covering `addr` and the offset into it (nearest preceding function if sizeless)."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        while i >= 0:
+            sym = self.symbols[i]
+            if sym.size == 0 or addr < sym.addr + sym.size:
+                if sym.size or sym.kind == "func" or addr - sym.addr < 0x1000:
+                    return sym, addr - sym.addr
+                return None
+            if sym.kind == "func":
+                return None
+            i -= 1
+        return None
+
+    def describe(self, addr: int) -> str:
+        hit = self.lookup(addr)
+        if hit is None:
+            return f"{addr:#x}"
+        sym, off = hit
+        return f"{sym.name}+{off:#x}" if off else sym.name
+
+    def check_fits(self, ram_size: int) -> None:
+        for seg in self.segments:
+            end = seg.paddr + max(seg.memsz, len(seg.data))
+            if seg.paddr < BOOT_AREA_END:
+                raise ImageError(
+                    f"{self.path}: segment at {seg.paddr:#x} overlaps the boot area below 0x100000 "
+                    "(link the guest at 1 MiB or above, see docs/guest-abi.md)")
+            if end > ram_size:
+                raise ImageError(
+                    f"{self.path}: segment {seg.paddr:#x}-{end:#x} does not fit in "
+                    f"{ram_size // (1 << 20)} MiB of guest RAM (raise --ram)")
+        if not any(s.paddr <= self.entry < s.paddr + max(s.memsz, len(s.data)) for s in self.segments):
+            raise ImageError(f"{self.path}: entry point {self.entry:#x} is outside every loaded segment")
+
+
+def load_image(path: str | Path, *, load_addr: int | None = None, entry: int | None = None) -> Image:
+    """Load an ELF64 x86-64 executable, or a flat binary when `load_addr` is given or the file is not ELF."""
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read image: {e.strerror or e}") from None
+    if blob[:4] == b"\x7fELF":
+        if load_addr is not None:
+            raise ImageError(f"{p}: is an ELF file; --load-addr is only for flat binaries")
+        return _load_elf(str(p), blob)
+    if not blob:
+        raise ImageError(f"{p}: image is empty")
+    base = BOOT_AREA_END if load_addr is None else load_addr
+    ent = base if entry is None else entry
+    return Image(str(p), ent, [Segment(base, blob, len(blob), True)])
+
+
+def _load_elf(name: str, blob: bytes) -> Image:
+    try:
+        elf = ELFFile(io.BytesIO(blob))
+        if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
+            raise ImageError(f"{name}: not an x86-64 ELF64 image (class {elf.elfclass}, {elf['e_machine']})")
+        if elf["e_type"] != "ET_EXEC":
+            raise ImageError(f"{name}: ELF type {elf['e_type']}; apfdbg runs static executables (ET_EXEC)")
+        segments = []
+        for ph in elf.iter_segments():
+            if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
+                continue
+            off, filesz = ph["p_offset"], ph["p_filesz"]
+            if off + filesz > len(blob):
+                raise ImageError(f"{name}: truncated: a segment needs bytes {off:#x}-{off + filesz:#x} "
+                                 f"but the file has {len(blob):#x}")
+            if filesz > ph["p_memsz"]:
+                raise ImageError(f"{name}: segment file size exceeds its memory size")
+            paddr = ph["p_paddr"] or ph["p_vaddr"]
+            segments.append(Segment(paddr, blob[off:off + filesz], ph["p_memsz"], bool(ph["p_flags"] & 1)))
+        if not segments:
+            raise ImageError(f"{name}: no loadable (PT_LOAD) segment")
+        symbols = _symbols(elf)
+        entry = elf["e_entry"]
+    except ImageError:
+        raise
+    except (ELFError, ValueError, KeyError, IndexError, OSError) as e:
+        raise ImageError(f"{name}: malformed ELF: {e}") from None
+    return Image(name, entry, segments, symbols, blob)
+
+
+def _symbols(elf: ELFFile) -> list[Symbol]:
+    tab = elf.get_section_by_name(".symtab")
+    if tab is None or not hasattr(tab, "iter_symbols"):
+        return []
+    kinds = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_NOTYPE": "notype"}
+    out = []
+    for s in tab.iter_symbols():
+        kind = kinds.get(s["st_info"]["type"])
+        if kind and s.name and s["st_shndx"] != "SHN_UNDEF" and not s.name.startswith(".L"):
+            out.append(Symbol(s.name, s["st_value"], s["st_size"], kind))
+    return out

@@ -1,0 +1,553 @@
+"""One vCPU: a Unicorn engine over the shared RAM, and the exits a hypervisor handles.
+
+The engine runs free between exits; the only per-block work is the C block hook that counts
+retired instructions (accel). Everything Unicorn does not do for a hypervisor (MSRs, CPL changes,
+IDT delivery, SYSCALL, host paging) is done here on the way out of `emu_start`.
+"""
+from __future__ import annotations
+
+import struct
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
+                     UC_HOOK_INTR, UC_HOOK_CODE, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
+from unicorn import x86_const as X
+
+from . import boot, ucstate
+from .accel import VcpuAccel
+from .apic import X2Apic
+from .delivery import Delivered, Nested, combine, deliver
+from .faults import (ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_PF, EXC_UD, AccessFault, BadPhysical,
+                     GuestException, GuestPageFault, HostSwapped, NonCanonical, PendingEvent)
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+RFLAGS_IF = 1 << 9
+PAGE = 4096
+
+
+class State(str, Enum):
+    RUNNING = "running"
+    IDLE = "idle"              # hlt with IF=1: sleeps until an interrupt it can take
+    STOPPED = "stopped"        # hlt with IF=0: stays stopped for good
+    APF_HALTED = "apf-halted"  # the host halted it (async PF "halt vcpu" path or doublefault)
+    STALLED = "stalled"        # synchronous wait for a swapped-out frame
+    SHUTDOWN = "shutdown"      # triple fault
+
+
+class VCpu:
+    def __init__(self, machine: "Machine", index: int) -> None:
+        self.machine = machine
+        self.index = index
+        cfg = machine.config
+        uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_tcg_buffer_size(cfg.tcg_buffer_mib << 20)
+        uc.mem_map_ptr(0, machine.ram.size, UC_PROT_ALL, machine.ram.ptr)
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        self.accel = VcpuAccel.attach(uc, machine.ram.ptr, machine.ram.size,
+                                      machine.ram.frame_state_ptr, self._block_miss)
+        self.apic = X2Apic(index, machine.timeline, machine, self._interrupt_arrived)
+        self.state = State.RUNNING
+        self.pending: PendingEvent | None = None
+        self.stall_gfn: int | None = None
+        self.console = bytearray()
+        self._line = bytearray()
+        self._exit: tuple | None = None
+        self._hooked_sites: set[int] = set()
+        self._want_sites: list[tuple[int, str]] = []
+        self._turn_base = 0      # accel.retired when the current emu_start began
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        self._reset_registers(machine.entry)
+
+    # --- start state (docs/guest-abi.md) -----------------------------------------------------
+    def _reset_registers(self, entry: int) -> None:
+        uc, i = self.uc, self.index
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, boot.GDT_BASE, boot.gdt_limit(self.machine.config.vcpus), 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        ucstate.load_code_and_stack(uc, boot.KERNEL_CS, boot.DESC_KERNEL_CODE,
+                                    boot.KERNEL_DS, boot.DESC_KERNEL_DATA)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, boot.KERNEL_DS)
+        uc.reg_write(X.UC_X86_REG_TR, (boot.tss_selector(i), boot.tss_base(i), boot.TSS_SIZE - 1, 0x8900))
+        for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
+                  X.UC_X86_REG_RBP, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10,
+                  X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+                  X.UC_X86_REG_R15):
+            uc.reg_write(r, 0)
+        uc.reg_write(X.UC_X86_REG_RDI, i)
+        uc.reg_write(X.UC_X86_REG_RSI, self.machine.config.vcpus)
+        uc.reg_write(X.UC_X86_REG_RSP, boot.stack_top(i))
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_RIP, entry)
+
+    # --- registers --------------------------------------------------------------------------
+    @property
+    def rip(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_RIP)
+
+    @property
+    def rflags(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_RFLAGS)
+
+    def cpl(self) -> int:
+        return ucstate.cpl(self.uc)
+
+    @property
+    def retired(self) -> int:
+        return self.accel.retired
+
+    def interrupt_allowed(self) -> bool:
+        """IF=1, no STI/MOV SS shadow and no event waiting for (re)injection (KVM's test)."""
+        return (self.pending is None and bool(self.rflags & RFLAGS_IF)
+                and not ucstate.interrupt_shadow(self.uc))
+
+    # --- linear memory, as the CPU sees it ----------------------------------------------------
+    def translate(self, va: int, access: str = "read", user: bool | None = None, set_ad: bool = True) -> int:
+        """Guest linear -> guest physical; raises an AccessFault subclass."""
+        if user is None:
+            user = self.cpl() == 3
+        return self.accel.translate(va, access, user, set_ad)
+
+    def read_linear(self, va: int, size: int, user: bool = False) -> bytes:
+        out = bytearray()
+        while size:
+            chunk = min(size, PAGE - (va & 0xFFF))
+            gpa = self.translate(va, "read", user)
+            out += self.machine.ram.read(gpa, chunk)
+            va, size = va + chunk, size - chunk
+        return bytes(out)
+
+    def check_writable(self, va: int, size: int) -> list[int]:
+        gpas = []
+        while size:
+            chunk = min(size, PAGE - (va & 0xFFF))
+            gpas.append(self.translate(va, "write", False))
+            va, size = va + chunk, size - chunk
+        return gpas
+
+    def write_physical(self, gpa: int, data: bytes) -> None:
+        self.machine.ram.write(gpa, data)
+
+    def peek(self, va: int, size: int) -> bytes | None:
+        """Debugger read: no A/D side effects, None if unmapped or swapped out."""
+        try:
+            out = bytearray()
+            while size:
+                chunk = min(size, PAGE - (va & 0xFFF))
+                gpa = self.accel.translate(va, "read", False, False)
+                out += self.machine.ram.read(gpa, chunk)
+                va, size = va + chunk, size - chunk
+            return bytes(out)
+        except AccessFault:
+            return None
+
+    # --- delivery support (delivery.CpuView) ------------------------------------------------
+    def regs_for_delivery(self):
+        uc = self.uc
+        return (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RSP),
+                uc.reg_read(X.UC_X86_REG_RFLAGS), uc.reg_read(X.UC_X86_REG_CS),
+                uc.reg_read(X.UC_X86_REG_SS), ucstate.cpl(uc))
+
+    def table(self, which: str) -> tuple[int, int]:
+        reg = {"idt": X.UC_X86_REG_IDTR, "gdt": X.UC_X86_REG_GDTR, "tr": X.UC_X86_REG_TR}[which]
+        _sel, base, limit, _flags = self.uc.reg_read(reg)
+        return base, limit
+
+    def finish_delivery(self, rip, rsp, rflags, cs, cs_desc, ss, ss_desc, cpl_changes, cr2) -> None:
+        uc = self.uc
+        if cr2 is not None:
+            uc.reg_write(X.UC_X86_REG_CR2, cr2)
+        if cpl_changes or cs != uc.reg_read(X.UC_X86_REG_CS):
+            ucstate.load_code_and_stack(uc, cs, cs_desc, ss, ss_desc)
+        uc.reg_write(X.UC_X86_REG_RSP, rsp)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, rflags)
+        uc.reg_write(X.UC_X86_REG_RIP, rip)
+        ucstate.set_interrupt_shadow(uc, False)
+
+    # --- events -----------------------------------------------------------------------------
+    def queue_exception(self, vector: int, error_code: int | None = None, cr2: int | None = None,
+                        source: str = "exception") -> None:
+        """Queue an exception; if one is already waiting, apply the double-fault rules."""
+        if self.pending is not None and self.pending.source in ("exception", "host"):
+            nxt = combine(self.pending.vector, vector)
+            if nxt is None:
+                self._triple_fault(self.pending.vector, vector)
+                return
+            if nxt == EXC_DF:
+                self.machine.emit("double_fault", self.index, first=self.pending.vector, second=vector)
+                vector, error_code, cr2 = EXC_DF, 0, None
+        if error_code is None and vector in ERROR_CODE_VECTORS and source != "software":
+            error_code = 0
+        self.pending = PendingEvent(vector, source, error_code, cr2)
+
+    def inject_page_fault(self, cr2: int, error_code: int) -> None:
+        """For the host model: a #PF it injects (async PF not-present / page ready)."""
+        self.pending = PendingEvent(EXC_PF, "host", error_code, cr2)
+
+    def _software_interrupt(self, vector: int) -> None:
+        """`int n`, `int3`, `into`: delivered with the gate-DPL check; RIP is already past them."""
+        self.pending = PendingEvent(vector, "software")
+
+    def _interrupt_arrived(self) -> None:
+        self.machine.kick(self)
+
+    def deliver_pending(self) -> bool:
+        """Deliver what can be delivered now; True if the vCPU can run afterwards."""
+        for _ in range(4):
+            if self.pending is None:
+                if self.state in (State.RUNNING, State.IDLE, State.APF_HALTED) and self._take_interrupt():
+                    continue
+                return True
+            ev = self.pending
+            try:
+                res = deliver(self, ev)
+            except HostSwapped as e:
+                self.machine.swapped_fault(self, e.gfn, e.va, e.access)
+                return False
+            except BadPhysical as e:
+                self._bad_access(e.gpa, e.va)
+                return False
+            if isinstance(res, Delivered):
+                self.pending = None
+                self.machine.emit("inject", self.index, vector=ev.vector, error_code=ev.error_code,
+                                  cr2=ev.cr2 if ev.vector == EXC_PF else None, source=ev.source,
+                                  rip=res.return_rip, handler=res.handler)
+                if self.state in (State.IDLE, State.APF_HALTED):
+                    self._wake("event")
+                return True
+            nxt = combine(ev.vector, res.vector) if ev.source != "interrupt" else res.vector
+            if ev.source == "software":
+                nxt = res.vector
+            if nxt is None:
+                self._triple_fault(ev.vector, res.vector)
+                return False
+            if nxt == EXC_DF:
+                self.machine.emit("double_fault", self.index, first=ev.vector, second=res.vector)
+                self.pending = PendingEvent(EXC_DF, "exception", 0)
+            else:
+                self.pending = PendingEvent(nxt, "exception", res.error_code, res.cr2)
+        return True
+
+    def _take_interrupt(self) -> bool:
+        """Accept the APIC's highest pending interrupt if the CPU can take it now."""
+        if self.apic.pending_vector() is None or not self.rflags & RFLAGS_IF:
+            return False
+        if ucstate.interrupt_shadow(self.uc):
+            return False
+        self.pending = PendingEvent(self.apic.acknowledge(), "interrupt")
+        return True
+
+    def _wake(self, reason: str) -> None:
+        if self.state is State.APF_HALTED:
+            self.machine.host.on_interrupt_wake(self)
+        self.state = State.RUNNING
+        self.machine.emit("wake", self.index, reason=reason)
+
+    def wants_to_run(self) -> bool:
+        if self.state is State.RUNNING:
+            return True
+        if self.state in (State.IDLE, State.APF_HALTED):
+            return self.pending is not None or (
+                self.apic.pending_vector() is not None and bool(self.rflags & RFLAGS_IF))
+        return False
+
+    def _triple_fault(self, first: int, second: int) -> None:
+        self.pending = None
+        self.state = State.SHUTDOWN
+        self.machine.emit("triple_fault", self.index, first=first, second=second, rip=self.rip)
+        self.machine.request_exit(4, f"vCPU {self.index} triple fault (shutdown)")
+
+    def _bad_access(self, gpa: int, va: int) -> None:
+        self.state = State.SHUTDOWN
+        self.machine.emit("bad_access", self.index, gpa=gpa, gva=va, rip=self.rip)
+        self.machine.request_exit(4, f"vCPU {self.index} accessed {gpa:#x}, which is not guest RAM")
+
+    # --- running ----------------------------------------------------------------------------
+    def run(self, budget: int) -> None:
+        """Run up to `budget` instructions, handling exits, until the vCPU blocks or the budget ends."""
+        acc, m = self.accel, self.machine
+        end = acc.retired + budget
+        while not m.exit_requested:
+            m.host.before_entry(self)
+            if not self.wants_to_run():
+                return
+            if not self.deliver_pending() or self.state is not State.RUNNING:
+                return
+            if acc.retired >= end:
+                return
+            acc.budget_end = end
+            acc.stop_reason = 0
+            self._exit = None
+            self._turn_base = acc.retired
+            err = None
+            try:
+                self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_RIP), 0)
+            except UcError as e:
+                err = e
+            self._after_stop(err)
+
+    def _precise_retired(self, rip: int) -> int:
+        """Instructions retired before the one at `rip` (the block hook counts whole blocks)."""
+        acc = self.accel
+        addr, size, icount = acc.cur_block
+        if addr <= rip < addr + size:
+            info = self.machine.decoder.decode(self._block_bytes(addr, size))
+            return acc.retired - (icount - info.retired_before(rip - addr))
+        return acc.retired
+
+    def _settle(self, rip: int) -> None:
+        """Make `retired` exact at a mid-block stop and move machine time forward."""
+        self.accel.retired = self._precise_retired(rip)
+        self.machine.advance(self.accel.retired - self._turn_base)
+        self._turn_base = self.accel.retired
+
+    def _after_stop(self, err: UcError | None) -> None:
+        acc, uc, m = self.accel, self.uc, self.machine
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        reason = acc.stop_reason
+        exit_ = self._exit
+        if reason == VcpuAccel.STOP_BUDGET and exit_ is None:
+            self._settle(-1)
+            return
+        if reason == VcpuAccel.STOP_NEW_BLOCK and exit_ is None:
+            self._settle(-1)
+            self._hook_sites()
+            return
+        if reason == VcpuAccel.STOP_MEMFAULT:
+            f = acc.fault
+            self._settle(-1 if f.access == "fetch" else rip)
+            ucstate.reset_exception_state(uc)
+            if f.kind == "host":
+                m.swapped_fault(self, f.gfn, f.va, f.access)
+            elif f.kind == "guest":
+                self.queue_exception(EXC_PF, f.error_code, f.va)
+            elif f.kind == "noncanonical":
+                self.queue_exception(EXC_GP, 0)
+            else:
+                self._bad_access(f.gpa, f.va)
+            return
+        if exit_ is not None:
+            kind = exit_[0]
+            if kind == "intr":
+                vector, software, error_code = exit_[1], exit_[2], exit_[3]
+                self._settle(rip)
+                if software:
+                    self._software_interrupt(vector)
+                else:
+                    self.queue_exception(vector, error_code)
+            elif kind == "site":
+                self._settle(rip)
+                self._emulate(exit_[1], rip)
+            elif kind == "syscall":
+                self._settle(rip)
+                self._syscall(rip)
+            elif kind == "ud":
+                self._settle(rip)
+                self.queue_exception(EXC_UD)
+            elif kind == "debug-exit":
+                self._settle(rip)
+                m.request_exit((exit_[1] << 1) | 1, f"guest wrote {exit_[1]:#x} to port 0xf4")
+            return
+        if err is not None:
+            self._settle(rip)
+            if err.errno == UC_ERR_INSN_INVALID:
+                self.queue_exception(EXC_UD)
+                return
+            self.state = State.SHUTDOWN
+            m.request_exit(4, f"vCPU {self.index}: Unicorn stopped: {err}")
+            return
+        # A plain return: the guest executed hlt (Unicorn stops right after it).
+        self._settle(rip)
+        if self._byte_before(rip) == 0xF4:
+            if_on = bool(self.rflags & RFLAGS_IF)
+            m.emit("halt", self.index, rip=rip - 1, interrupts=if_on)
+            self.state = State.IDLE if if_on else State.STOPPED
+            return
+        self.state = State.SHUTDOWN
+        m.request_exit(4, f"vCPU {self.index}: emulation stopped at {rip:#x} for no known reason")
+
+    def _byte_before(self, rip: int) -> int | None:
+        b = self.peek(rip - 1, 1)
+        return b[0] if b else None
+
+    def _block_bytes(self, addr: int, size: int) -> bytes:
+        return self.peek(addr, size) or b""
+
+    # --- hooks (run inside emu_start: record, stop, act outside) ------------------------------
+    def _on_intr(self, uc, intno, _ud) -> None:
+        if self.accel.stop_reason == VcpuAccel.STOP_MEMFAULT:
+            uc.emu_stop()
+            return
+        software = ucstate.exception_is_software(uc)
+        ec = ucstate.pending_error_code(uc) if intno in ERROR_CODE_VECTORS and not software else None
+        self._exit = ("intr", intno, software, ec)
+        uc.emu_stop()
+
+    def _on_invalid(self, uc, _ud) -> bool:
+        self._exit = ("ud",)
+        uc.emu_stop()
+        return True
+
+    def _on_site(self, uc, address, size, kind) -> None:
+        self._exit = ("site", kind)
+        uc.emu_stop()
+
+    def _on_syscall(self, uc, _ud) -> None:
+        self._exit = ("syscall",)
+        uc.emu_stop()
+
+    def _on_cpuid(self, uc, _ud) -> int:
+        leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
+        sub = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+        res = self.machine.cpuid(self, leaf, sub)
+        if res is None:
+            return 0
+        for reg, val in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX), res):
+            uc.reg_write(reg, val)
+        return 1
+
+    def _on_in(self, uc, port, size, _ud) -> int:
+        return self.machine.port_in(self, port, size)
+
+    def _on_out(self, uc, port, size, value, _ud) -> None:
+        if port == 0xE9:
+            self._console_byte(value & 0xFF)
+        elif port == 0xF4:
+            self._exit = ("debug-exit", value & ((1 << (8 * size)) - 1))
+            uc.emu_stop()
+        else:
+            self.machine.port_out(self, port, size, value)
+
+    def _console_byte(self, b: int) -> None:
+        self.console.append(b)
+        self._line.append(b)
+        if b == 0x0A or len(self._line) >= 256:
+            self.flush_console()
+
+    def flush_console(self) -> None:
+        if self._line:
+            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+            self.machine.emit_at(self.machine.now + self._precise_retired(rip) - self._turn_base,
+                                 "console", self.index, text=self._line.decode("utf-8", "replace"))
+            self._line.clear()
+
+    def _block_miss(self, addr: int, size: int) -> int:
+        """C callback on the first entry of a block: its instruction count, or 0 to stop first."""
+        info = self.machine.decoder.decode(self._block_bytes(addr, size))
+        want = [(addr + off, kind) for off, kind in info.specials if addr + off not in self._hooked_sites]
+        if want:
+            self._want_sites = want
+            self._want_block = (addr, size)
+            return 0
+        return info.icount or 1
+
+    def _hook_sites(self) -> None:
+        for site, kind in self._want_sites:
+            self.uc.hook_add(UC_HOOK_CODE, self._on_site, kind, site, site)
+            self._hooked_sites.add(site)
+        addr, size = self._want_block
+        self.uc.ctl_remove_cache(addr, addr + size)
+        self._want_sites = []
+
+    # --- emulated instructions ------------------------------------------------------------
+    def _advance_rip(self, rip: int, length: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_RIP, rip + length)
+        self.accel.retired += 1
+        self._turn_base += 1
+        self.machine.advance(1)
+
+    def _emulate(self, kind: str, rip: int) -> None:
+        uc, m = self.uc, self.machine
+        if kind in ("wrmsr", "rdmsr") and self.cpl() != 0:
+            self.queue_exception(EXC_GP, 0)
+            return
+        if kind == "wrmsr":
+            idx = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+            val = ((uc.reg_read(X.UC_X86_REG_EDX) & 0xFFFFFFFF) << 32) | (uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF)
+            if m.wrmsr(self, idx, val):
+                self._advance_rip(rip, 2)
+            else:
+                self.queue_exception(EXC_GP, 0)
+        elif kind == "rdmsr":
+            idx = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
+            val = m.rdmsr(self, idx)
+            if val is None:
+                self.queue_exception(EXC_GP, 0)
+                return
+            uc.reg_write(X.UC_X86_REG_RAX, val & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, (val >> 32) & 0xFFFFFFFF)
+            self._advance_rip(rip, 2)
+        elif kind in ("rdtsc", "rdtscp"):
+            tsc = m.now
+            uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
+            if kind == "rdtscp":
+                uc.reg_write(X.UC_X86_REG_RCX, self.index)
+            self._advance_rip(rip, 2 if kind == "rdtsc" else 3)
+        elif kind in ("rdrand", "rdseed"):
+            insn = self.peek(rip, 15) or b""
+            length, reg, width = _rdrand_target(insn)
+            if reg is None:
+                self.queue_exception(EXC_UD)
+                return
+            uc.reg_write(reg, m.random_u64() & ((1 << (8 * width)) - 1))
+            uc.reg_write(X.UC_X86_REG_RFLAGS, (self.rflags & ~0x8D5) | 1)  # CF=1: a value is ready
+            self._advance_rip(rip, length)
+
+    def _syscall(self, rip_after: int) -> None:
+        """SYSCALL as the architecture defines it (Unicorn only moves RIP)."""
+        uc = self.uc
+        efer = uc.msr_read(0xC0000080)
+        rip = rip_after - 2
+        if not efer & 1:  # EFER.SCE
+            uc.reg_write(X.UC_X86_REG_RIP, rip)
+            self.accel.retired -= 1
+            self.machine.advance(-1)
+            self._turn_base -= 1
+            self.queue_exception(EXC_UD)
+            return
+        star, lstar, fmask = uc.msr_read(0xC0000081), uc.msr_read(0xC0000082), uc.msr_read(0xC0000084)
+        rflags = self.rflags
+        uc.reg_write(X.UC_X86_REG_RCX, rip_after)
+        uc.reg_write(X.UC_X86_REG_R11, rflags & ~(1 << 16))
+        cs = (star >> 32) & 0xFFFC
+        ucstate.load_code_and_stack(uc, cs, boot.DESC_KERNEL_CODE, cs + 8, boot.DESC_KERNEL_DATA)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, (rflags & ~fmask & ~(1 << 16)) | 2)
+        uc.reg_write(X.UC_X86_REG_RIP, lstar)
+
+
+def _rdrand_target(insn: bytes):
+    """(length, unicorn register, operand bytes) of an `rdrand/rdseed reg` encoding, or (0, None, 0)."""
+    i, rex, opsize = 0, 0, 4
+    while i < len(insn) and insn[i] in (0x66, 0xF3, 0xF2):
+        if insn[i] == 0x66:
+            opsize = 2
+        i += 1
+    if i < len(insn) and 0x40 <= insn[i] <= 0x4F:
+        rex = insn[i]
+        i += 1
+    if rex & 8:
+        opsize = 8
+    if insn[i:i + 2] != b"\x0f\xc7" or len(insn) < i + 3:
+        return 0, None, 0
+    modrm = insn[i + 2]
+    if modrm >> 6 != 3:
+        return 0, None, 0
+    num = (modrm & 7) | ((rex & 1) << 3)
+    regs = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX,
+            X.UC_X86_REG_RSP, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
+            X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+            X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15]
+    reg = regs[num]
+    if opsize == 2:  # a 16-bit write must keep the upper bits: not worth modelling, refuse
+        return 0, None, 0
+    return i + 3, reg, opsize
+
