@@ -433,7 +433,7 @@ class AsyncPfHost:
         if not self.profile.is_enabled(value):
             self._clear_completion_queue(st, "msr_disable")
             st.gfns.reset()
-            self._emit(ev.MsrWrite, st, index=index, value=value, result=True, reason="disabled")
+            self._emit(ev.MsrWrite, st, index=index, value=value, result="ok", reason="disabled")
             return True
         gpa = value & AREA_GPA_MASK
         if not self.memory.is_ram(gpa, self.profile.area_check_len):
@@ -443,11 +443,11 @@ class AsyncPfHost:
         if self.profile.send_always_bit is not None:
             st.send_user_only = not (value & self.profile.send_always_bit)
         self._wakeup_all(st)
-        self._emit(ev.MsrWrite, st, index=index, value=value, result=True, reason="enabled")
+        self._emit(ev.MsrWrite, st, index=index, value=value, result="ok", reason="enabled")
         return True
 
     def _msr_fail(self, st: VcpuApf, index: int, value: int, why: str) -> bool:
-        self._emit(ev.MsrWrite, st, index=index, value=value, result=False, reason=why)
+        self._emit(ev.MsrWrite, st, index=index, value=value, result="gp", reason=why)
         self._emit(ev.Gp, st, index=index, why=why)
         return False
 

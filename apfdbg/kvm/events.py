@@ -138,7 +138,8 @@ class MsrWrite(Event):
     kind: Literal["msr_write"] = "msr_write"
     index: int
     value: int
-    result: bool  # False: the write #GPs
+    result: Literal["ok", "gp"]  # "gp": the write raises #GP(0)
+    handler: str = "kvm"
     reason: str  # what happened, e.g. "enabled", "disabled", "reserved bits", "gpa not in RAM"
 
 
@@ -146,6 +147,9 @@ class MsrRead(Event):
     kind: Literal["msr_read"] = "msr_read"
     index: int
     value: int
+    result: Literal["ok", "gp"] = "ok"
+    handler: str = "kvm"
+    reason: str = ""
 
 
 class Gp(Event):

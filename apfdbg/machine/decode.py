@@ -35,14 +35,14 @@ class BlockInfo:
 
 class BlockDecoder:
     def __init__(self) -> None:
-        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cache: dict[bytes, BlockInfo] = {}
 
     def decode(self, code: bytes) -> BlockInfo:
         info = self._cache.get(code)
         if info is None:
             offsets, specials = [], []
-            for addr, size, mnem, _ops in self._cs.disasm_lite(code, 0):
+            for addr, size, mnem, _ops in self.cs.disasm_lite(code, 0):
                 offsets.append(addr)
                 kind = SPECIAL.get(mnem)
                 if kind:

@@ -130,7 +130,10 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     elif ss & ~3:
         ss_desc = _descriptor(cpu, ss, ext)
     rsp &= ~0xF
-    frame = [ss, old_rsp, rflags, cs, rip]
+    # A CPU sets RF in the frame of a fault; we push it clear, because after `iretq` Unicorn keeps
+    # RF set to the end of the next translated block, where `pushf` would show it (guest-abi.md).
+    pushed_flags = rflags & ~RF_RF
+    frame = [ss, old_rsp, pushed_flags, cs, rip]
     if ev.error_code is not None and vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code & 0xFFFFFFFFFFFFFFFF)
     size = 8 * len(frame)

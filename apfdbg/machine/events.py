@@ -69,14 +69,16 @@ class TripleFault(Event):
     rip: int
 
 
-class Halt(Event):
-    kind: Literal["halt"] = "halt"
+class Hlt(Event):
+    """The guest executed hlt (the host's async-PF halt is the host model's `halt`)."""
+    kind: Literal["hlt"] = "hlt"
     rip: int
     interrupts: bool  # IF at the hlt: False means the vCPU stops for good
 
 
-class Wake(Event):
-    kind: Literal["wake"] = "wake"
+class Resume(Event):
+    """A sleeping vCPU (hlt, or halted by the host) runs again because an event was delivered."""
+    kind: Literal["resume"] = "resume"
     reason: str
 
 

@@ -42,6 +42,7 @@ class PendingEvent:
     source: str  # "exception", "interrupt", "software", "host"
     error_code: int | None = None
     cr2: int | None = None
+    insn_rip: int | None = None  # software interrupts: the `int` itself, where a fault in delivery points
 
 
 @dataclass

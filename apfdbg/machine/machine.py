@@ -101,7 +101,7 @@ class Machine:
     def publish(self, event: ev.Event) -> None:
         """Hosts publish their own typed events through here too, so the stream stays one."""
         self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
-        if event.kind in ("inject", "wake"):
+        if event.kind in ("inject", "resume", "wake"):
             self._activity += 1
         for sink in self.sinks:
             sink(event)
@@ -143,8 +143,8 @@ class Machine:
     def rdmsr(self, vcpu: VCpu, index: int) -> int | None:
         value, handler, reason = None, "none", "unknown MSR (KVM without ignore_msrs: #GP)"
         if index in self.host.msr_ids():
-            value, handler, reason = self.host.rdmsr(vcpu, index), "host", ""
-        elif vcpu.apic.owns(index):
+            return self.host.rdmsr(vcpu, index)  # the host reports its own msr_read event
+        if vcpu.apic.owns(index):
             handler = "apic"
             try:
                 value, reason = vcpu.apic.rdmsr(index), ""
@@ -161,8 +161,8 @@ class Machine:
     def wrmsr(self, vcpu: VCpu, index: int, value: int) -> bool:
         ok, handler, reason = False, "none", "unknown MSR (KVM without ignore_msrs: #GP)"
         if index in self.host.msr_ids():
-            ok, handler, reason = self.host.wrmsr(vcpu, index, value), "host", ""
-        elif vcpu.apic.owns(index):
+            return self.host.wrmsr(vcpu, index, value)  # the host reports its own msr_write event
+        if vcpu.apic.owns(index):
             handler = "apic"
             try:
                 vcpu.apic.wrmsr(index, value)

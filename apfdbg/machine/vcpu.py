@@ -18,6 +18,7 @@ from . import boot, ucstate
 from .accel import VcpuAccel
 from .apic import X2Apic
 from .delivery import Delivered, Nested, combine, deliver
+from .faultaddr import fault_address
 from .faults import (ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_PF, EXC_UD, AccessFault, BadPhysical,
                      GuestException, GuestPageFault, HostSwapped, NonCanonical, PendingEvent)
 
@@ -59,6 +60,7 @@ class VCpu:
         self._hooked_sites: set[int] = set()
         self._want_sites: list[tuple[int, str]] = []
         self._turn_base = 0      # accel.retired when the current emu_start began
+        self._prefix_until: int | None = None  # run only up to here (see the fetch-fault case)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -192,9 +194,23 @@ class VCpu:
         """For the host model: a #PF it injects (async PF not-present / page ready)."""
         self.pending = PendingEvent(EXC_PF, "host", error_code, cr2)
 
-    def _software_interrupt(self, vector: int) -> None:
-        """`int n`, `int3`, `into`: delivered with the gate-DPL check; RIP is already past them."""
-        self.pending = PendingEvent(vector, "software")
+    def set_halted(self, halted: bool) -> None:
+        """For the host model: apf.halted (the vCPU waits for a page, but wakes for interrupts)."""
+        if halted and self.state is State.RUNNING:
+            self.state = State.APF_HALTED
+        elif not halted and self.state is State.APF_HALTED:
+            self.state = State.RUNNING
+            self.machine.kick(self)
+
+    def _software_interrupt(self, vector: int, rip: int) -> None:
+        """`int n`, `int3`, `into`: delivered with the gate-DPL check; RIP is already past them,
+        but a fault while delivering points at the instruction (the last one of its block)."""
+        addr, size, _n = self.accel.cur_block
+        insn = None
+        if rip == addr + size:
+            info = self.machine.decoder.decode(self._block_bytes(addr, size))
+            insn = addr + info.offsets[-1] if info.offsets else None
+        self.pending = PendingEvent(vector, "software", insn_rip=insn)
 
     def _interrupt_arrived(self) -> None:
         self.machine.kick(self)
@@ -226,6 +242,8 @@ class VCpu:
             nxt = combine(ev.vector, res.vector) if ev.source != "interrupt" else res.vector
             if ev.source == "software":
                 nxt = res.vector
+                if ev.insn_rip is not None:
+                    self.uc.reg_write(X.UC_X86_REG_RIP, ev.insn_rip)
             if nxt is None:
                 self._triple_fault(ev.vector, res.vector)
                 return False
@@ -249,7 +267,7 @@ class VCpu:
         if self.state is State.APF_HALTED:
             self.machine.host.on_interrupt_wake(self)
         self.state = State.RUNNING
-        self.machine.emit("wake", self.index, reason=reason)
+        self.machine.emit("resume", self.index, reason=reason)
 
     def wants_to_run(self) -> bool:
         if self.state is State.RUNNING:
@@ -288,11 +306,16 @@ class VCpu:
             self._exit = None
             self._turn_base = acc.retired
             err = None
+            if self._prefix_until is not None:
+                self.uc.ctl_set_exits([self._prefix_until])
             try:
                 self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_RIP), 0)
             except UcError as e:
                 err = e
             self._after_stop(err)
+            if self._prefix_until is not None and acc.stop_reason != VcpuAccel.STOP_MEMFAULT:
+                self.uc.ctl_set_exits([])
+                self._prefix_until = None
 
     def _precise_retired(self, rip: int) -> int:
         """Instructions retired before the one at `rip` (the block hook counts whole blocks)."""
@@ -323,24 +346,39 @@ class VCpu:
             return
         if reason == VcpuAccel.STOP_MEMFAULT:
             f = acc.fault
-            self._settle(-1 if f.access == "fetch" else rip)
             ucstate.reset_exception_state(uc)
+            page = f.va & ~(PAGE - 1)
+            if f.access == "fetch":
+                self._settle(-1)  # fetches fail before the block hook: nothing of it ran
+                if rip & ~(PAGE - 1) != page:
+                    crossing = self._first_insn_reaching(rip, page)
+                    if crossing != rip:
+                        # Unicorn refused the whole block because a later instruction lies on
+                        # the missing page: run up to that instruction, then it faults exactly.
+                        self._prefix_until = crossing
+                        uc.ctl_remove_cache(rip, rip + 1)
+                        return
+                va = max(rip, page)
+            else:
+                self._settle(rip)
+                va = fault_address(uc, self.peek(rip, 16) or b"", rip, page)
             if f.kind == "host":
-                m.swapped_fault(self, f.gfn, f.va, f.access)
+                m.swapped_fault(self, f.gfn, va, f.access)
             elif f.kind == "guest":
-                self.queue_exception(EXC_PF, f.error_code, f.va)
+                self.queue_exception(EXC_PF, f.error_code, va)
             elif f.kind == "noncanonical":
                 self.queue_exception(EXC_GP, 0)
             else:
-                self._bad_access(f.gpa, f.va)
+                self._bad_access(f.gpa, va)
             return
         if exit_ is not None:
             kind = exit_[0]
             if kind == "intr":
                 vector, software, error_code = exit_[1], exit_[2], exit_[3]
+                ucstate.reset_exception_state(uc)  # Unicorn bug #1883: or the next one arrives as #DF
                 self._settle(rip)
                 if software:
-                    self._software_interrupt(vector)
+                    self._software_interrupt(vector, rip)
                 else:
                     self.queue_exception(vector, error_code)
             elif kind == "site":
@@ -349,6 +387,10 @@ class VCpu:
             elif kind == "syscall":
                 self._settle(rip)
                 self._syscall(rip)
+            elif kind == "io-gp":
+                self._settle(exit_[1])
+                uc.reg_write(X.UC_X86_REG_RIP, exit_[1])
+                self.queue_exception(EXC_GP, 0)
             elif kind == "ud":
                 self._settle(rip)
                 self.queue_exception(EXC_UD)
@@ -364,15 +406,27 @@ class VCpu:
             self.state = State.SHUTDOWN
             m.request_exit(4, f"vCPU {self.index}: Unicorn stopped: {err}")
             return
-        # A plain return: the guest executed hlt (Unicorn stops right after it).
+        # A plain return: the end of a prefix run, or the guest executed hlt.
         self._settle(rip)
+        if self._prefix_until is not None and rip == self._prefix_until:
+            return
         if self._byte_before(rip) == 0xF4:
             if_on = bool(self.rflags & RFLAGS_IF)
-            m.emit("halt", self.index, rip=rip - 1, interrupts=if_on)
+            m.emit("hlt", self.index, rip=rip - 1, interrupts=if_on)
             self.state = State.IDLE if if_on else State.STOPPED
             return
         self.state = State.SHUTDOWN
         m.request_exit(4, f"vCPU {self.index}: emulation stopped at {rip:#x} for no known reason")
+
+    def _first_insn_reaching(self, rip: int, page: int) -> int:
+        """Address of the first instruction from `rip` whose bytes reach `page`."""
+        code = self.peek(rip, page - rip) or b""
+        end = rip
+        for addr, size, _m, _o in self.machine.decoder.cs.disasm_lite(code, rip):
+            if addr + size > page:
+                break
+            end = addr + size
+        return end
 
     def _byte_before(self, rip: int) -> int | None:
         b = self.peek(rip - 1, 1)
@@ -414,10 +468,41 @@ class VCpu:
             uc.reg_write(reg, val)
         return 1
 
+    def _io_allowed(self, port: int, size: int) -> bool:
+        """CPL <= IOPL, or the TSS I/O bitmap allows every byte (Unicorn's hooks skip the check)."""
+        if self.cpl() <= (self.rflags >> 12) & 3:
+            return True
+        _sel, base, limit, _fl = self.uc.reg_read(X.UC_X86_REG_TR)
+        raw = self.peek(base + 102, 2)
+        if raw is None:
+            return False
+        off = int.from_bytes(raw, "little")
+        first, last = off + port // 8, off + (port + size - 1) // 8
+        if last > limit:
+            return False
+        bits = self.peek(base + first, last - first + 1)
+        if bits is None:
+            return False
+        mask = ((1 << size) - 1) << (port % 8)
+        return not int.from_bytes(bits, "little") & mask
+
+    def _io_fault(self, uc) -> bool:
+        if self._io_allowed(*self._io_args):
+            return False
+        self._exit = ("io-gp", uc.reg_read(X.UC_X86_REG_RIP))
+        uc.emu_stop()
+        return True
+
     def _on_in(self, uc, port, size, _ud) -> int:
+        self._io_args = (port, size)
+        if self._io_fault(uc):
+            return 0
         return self.machine.port_in(self, port, size)
 
     def _on_out(self, uc, port, size, value, _ud) -> None:
+        self._io_args = (port, size)
+        if self._io_fault(uc):
+            return
         if port == 0xE9:
             self._console_byte(value & 0xFF)
         elif port == 0xF4:
