@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from .machine.config import MachineConfig
 from .machine.image import ImageError, load_image
-from .machine.machine import EXIT_BAD_INPUT, Machine
+from .machine.machine import EXIT_BAD_INPUT
 
 DEFAULT_GUEST = Path(__file__).resolve().parent.parent / "guests" / "machine" / "hello.elf"
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="apfdbg", description=__doc__)
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run a guest image")
-    r.add_argument("image")
+    r.add_argument("image", nargs="?", help="guest image (default: the scenario's, else the bundled guest)")
+    r.add_argument("--scenario", default=None, metavar="FILE", help="TOML scenario (docs/scenarios.md)")
     r.add_argument("--headless", action="store_true", help="no UI: console and summary on stdout")
     r.add_argument("--vcpus", type=int, default=None)
     r.add_argument("--ram", type=int, default=None, metavar="MIB")
@@ -38,18 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_EXPECT_FAILED = 10
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd != "run":
-        args = build_parser().parse_args(["run", str(DEFAULT_GUEST), "--headless"])
+        args = build_parser().parse_args(["run", "--headless"])
+    from .engine import Engine
+    from .scenario import Scenario, ScenarioError, load_scenario
     try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
         overrides = {k: v for k, v in (("vcpus", args.vcpus), ("ram_mib", args.ram),
                                         ("quantum", args.quantum), ("max_insns", args.max_insns))
                      if v is not None}
-        config = MachineConfig(**overrides)
-        image = load_image(args.image, load_addr=args.load_addr, entry=args.entry)
-        machine = Machine(image, config)
-    except ImageError as e:
+        if overrides:
+            scenario = scenario.model_copy(update={"machine": MachineConfig(
+                **{**scenario.machine.model_dump(), **overrides})})
+        image_path = args.image
+        if image_path is None and scenario.image:
+            image_path = str(Path(scenario.base_dir) / scenario.image)
+        image = load_image(image_path or DEFAULT_GUEST, load_addr=args.load_addr, entry=args.entry)
+        engine = Engine(image, scenario)
+    except (ImageError, ScenarioError) as e:
         print(f"apfdbg: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValidationError as e:
@@ -62,17 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.trace:
             trace_file = open(args.trace, "w", encoding="utf-8")
-            machine.sinks.append(TraceWriter(trace_file, args.trace_format))
-        res = run_headless(machine)
+            engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
+        res = run_headless(engine.machine)
     except KeyboardInterrupt:
         print("apfdbg: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as e:
+        print(f"apfdbg: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         if trace_file:
             trace_file.close()
-    return res.status
+    failed = [r for r in engine.expectations() if not r.ok]
+    for r in engine.expectations():
+        print(f"expect {r.description}: observed {r.observed} {'ok' if r.ok else 'FAILED'}")
+    return EXIT_EXPECT_FAILED if failed else res.status
 
 
 if __name__ == "__main__":

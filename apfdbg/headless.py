@@ -13,7 +13,8 @@ def summary(m: Machine, res: RunResult) -> str:
     return f"exit status {res.status} ({res.reason}) after {res.instructions:,} instructions: {per}"
 
 
-def run_headless(m: Machine, out: IO[str] = sys.stdout, max_insns: int | None = None) -> RunResult:
+def run_headless(m: Machine, out: IO[str] | None = None, max_insns: int | None = None) -> RunResult:
+    out = out or sys.stdout
     multi = len(m.vcpus) > 1
 
     def console(e: Event) -> None:

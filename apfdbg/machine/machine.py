@@ -81,6 +81,11 @@ class Machine:
         self._page_waiters: dict[int, list[Callable[[], None]]] = {}
         self._next = 0  # round-robin position
         self._activity = 0
+        self._round_left = 0
+        self._round_mark: tuple[int, int] | None = None
+        self._turn = None  # (vcpu, end) of a turn a pause interrupted
+        self._finished = False
+        self.pause_requested = False
 
     # --- time -------------------------------------------------------------------------------
     @property
@@ -262,39 +267,62 @@ class Machine:
 
     # --- running ----------------------------------------------------------------------------
     def run(self, max_insns: int | None = None) -> RunResult:
+        """Run to the guest's exit (or the instruction limit)."""
         limit = max_insns if max_insns is not None else self.config.max_insns
-        tl = self.timeline
         while not self.exit_requested:
-            tl.run_due()
-            before, activity = tl.now, self._activity
-            for _ in range(len(self.vcpus)):
-                if self.exit_requested:
-                    break
+            self.pause_requested = False
+            self.step(until=limit)
+            if limit is not None and self.now >= limit and not self.exit_requested:
+                self.request_exit(EXIT_LIMIT, f"instruction limit {limit} reached")
+        return self.finish()
+
+    def step(self, until: int | None = None) -> None:
+        """Run vCPU turns until a pause is requested, the run exits, or virtual time reaches `until`.
+
+        A pause can land in the middle of a turn; the next call resumes that same turn with the
+        budget it had, so pausing never changes what the guest sees.
+        """
+        tl, n = self.timeline, len(self.vcpus)
+        while not self.exit_requested and not self.pause_requested:
+            if self._turn is None:
+                if until is not None and tl.now >= until:
+                    return
+                if self._round_left == 0:
+                    if self._round_mark == (tl.now, self._activity):
+                        due = tl.next_due()
+                        if due is None:
+                            self.request_exit(EXIT_DEADLOCK, "every vCPU is stopped and nothing can wake one")
+                            return
+                        tl.now = max(tl.now, due)  # every vCPU waits: skip to the next host event
+                    tl.run_due()
+                    self._round_left = n
+                    self._round_mark = (tl.now, self._activity)
+                    continue
                 v = self.vcpus[self._next]
-                self._next = (self._next + 1) % len(self.vcpus)
+                self._next = (self._next + 1) % n
+                self._round_left -= 1
                 budget = self.config.quantum
                 due = tl.next_due()
                 if due is not None:
                     budget = min(budget, max(1, due - tl.now))
-                if limit is not None:
-                    if tl.now >= limit:
-                        self.request_exit(EXIT_LIMIT, f"instruction limit {limit} reached")
-                        break
-                    budget = min(budget, limit - tl.now)
-                v.run(budget)
-                if tl.next_due() is not None and tl.next_due() <= tl.now:
-                    tl.run_due()
-            if self.exit_requested:
-                break
-            if tl.now == before and self._activity == activity:
-                due = tl.next_due()
-                if due is None:
-                    self.request_exit(EXIT_DEADLOCK, "every vCPU is stopped and nothing can wake one")
-                    break
-                tl.now = max(tl.now, due)
-        for v in self.vcpus:
-            v.flush_console()
-        self.emit("exit", None, status=self.exit_status, reason=self.exit_reason)
+                if until is not None:
+                    budget = min(budget, max(1, until - tl.now))
+                self._turn = (v, v.retired + budget)
+            v, end = self._turn
+            if not v.run(end):
+                return  # paused mid-turn: resume it next time
+            self._turn = None
+            due = tl.next_due()
+            if due is not None and due <= tl.now:
+                tl.run_due()
+
+    def finish(self) -> RunResult:
+        """Flush what is buffered and report the end of the run (once)."""
+        if not self._finished:
+            self._finished = True
+            for v in self.vcpus:
+                v.flush_console()
+            self.emit("exit", None, status=self.exit_status, reason=self.exit_reason)
         return RunResult(self.exit_status, self.exit_reason, self.now, [v.retired for v in self.vcpus])
 
     def close(self) -> None:

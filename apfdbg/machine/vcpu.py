@@ -90,6 +90,9 @@ class VCpu:
         uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
         uc.reg_write(X.UC_X86_REG_RIP, entry)
 
+    def close(self) -> None:
+        self.accel.detach()
+
     # --- registers --------------------------------------------------------------------------
     @property
     def rip(self) -> int:
@@ -289,18 +292,19 @@ class VCpu:
         self.machine.request_exit(4, f"vCPU {self.index} accessed {gpa:#x}, which is not guest RAM")
 
     # --- running ----------------------------------------------------------------------------
-    def run(self, budget: int) -> None:
-        """Run up to `budget` instructions, handling exits, until the vCPU blocks or the budget ends."""
+    def run(self, end: int) -> bool:
+        """Run until `retired` reaches `end`, handling exits; False if a pause cut the turn short."""
         acc, m = self.accel, self.machine
-        end = acc.retired + budget
         while not m.exit_requested:
+            if m.pause_requested:
+                return False
             m.host.before_entry(self)
             if not self.wants_to_run():
-                return
+                return True
             if not self.deliver_pending() or self.state is not State.RUNNING:
-                return
+                return True
             if acc.retired >= end:
-                return
+                return True
             acc.budget_end = end
             acc.stop_reason = 0
             self._exit = None
@@ -316,6 +320,7 @@ class VCpu:
             if self._prefix_until is not None and acc.stop_reason != VcpuAccel.STOP_MEMFAULT:
                 self.uc.ctl_set_exits([])
                 self._prefix_until = None
+        return True
 
     def _precise_retired(self, rip: int) -> int:
         """Instructions retired before the one at `rip` (the block hook counts whole blocks)."""

@@ -1,0 +1,180 @@
+"""Scenarios: a TOML file that fixes everything a run depends on, so a demo or a bug report replays.
+
+Validation errors name the line of the TOML file and the field.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .host.pager import AutoPagerConfig, FixedLatency, Latency
+from .machine.config import MachineConfig
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_gfns(spec: str | int | list) -> list[int]:
+    """`0x200`, `0x200-0x20f` (inclusive), `[0x200, "0x300-0x301"]`."""
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, list):
+        return [g for part in spec for g in parse_gfns(part)]
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\w+)\s*-\s*(\w+)", part)
+        if m:
+            lo, hi = int(m.group(1), 0), int(m.group(2), 0)
+            if hi < lo:
+                raise ValueError(f"range {part!r} ends before it starts")
+            out.extend(range(lo, hi + 1))
+        else:
+            out.append(int(part, 0))
+    return out
+
+
+class HostSection(_M):
+    profile: Literal["seed", "2.6.38"] = "seed"
+    seed: int = 0
+
+
+class AutoSection(_M):
+    frames: str | list = Field(description="gfns the pager may swap out, e.g. '0x400-0x4ff'")
+    budget: int = Field(ge=0)
+    period: int = Field(10_000, ge=1)
+    policy: Literal["fifo", "random"] = "fifo"
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, v):
+        parse_gfns(v)
+        return v
+
+    def config(self) -> AutoPagerConfig:
+        gfns = sorted(set(parse_gfns(self.frames)))
+        return AutoPagerConfig(frames=[(g, g) for g in gfns], budget=self.budget, period=self.period,
+                               policy=self.policy)
+
+
+class PagerSection(_M):
+    latency: Latency = Field(default_factory=FixedLatency)
+    auto: AutoSection | None = None
+
+
+ActionKind = Literal["page_out", "page_out_random", "complete", "complete_oldest", "complete_all",
+                     "wake_all", "reset_vcpu", "page_in"]
+
+
+class Action(_M):
+    at: int = Field(ge=0, description="virtual time (instructions)")
+    do: ActionKind
+    vcpu: int | None = None
+    gfns: str | int | list | None = None
+    token: int | None = None
+    count: int = Field(1, ge=1)
+    every: int | None = Field(None, ge=1, description="repeat every N instructions")
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.do in ("page_out", "page_in") and self.gfns is None:
+            raise ValueError(f"{self.do} needs gfns")
+        if self.do in ("wake_all", "reset_vcpu", "complete_oldest") and self.vcpu is None:
+            raise ValueError(f"{self.do} needs vcpu")
+        if self.do == "complete" and self.token is None:
+            raise ValueError("complete needs token")
+        if self.gfns is not None:
+            parse_gfns(self.gfns)
+        return self
+
+
+class Expectation(_M):
+    event: str
+    by: int | None = Field(None, description="count events up to this virtual time")
+    vcpu: int | None = None
+    count: int | None = None
+    min: int | None = None
+    max: int | None = None
+
+    def check(self, n: int) -> bool:
+        return ((self.count is None or n == self.count) and (self.min is None or n >= self.min)
+                and (self.max is None or n <= self.max))
+
+    def describe(self) -> str:
+        want = [f"== {self.count}" if self.count is not None else "",
+                f">= {self.min}" if self.min is not None else "", f"<= {self.max}" if self.max is not None else ""]
+        where = f" on vCPU {self.vcpu}" if self.vcpu is not None else ""
+        by = f" by t={self.by}" if self.by is not None else ""
+        return f"{self.event}{where}{by} {' and '.join(w for w in want if w) or 'any'}"
+
+
+class Scenario(_M):
+    name: str = ""
+    description: str = ""
+    image: str | None = Field(None, description="guest image, relative to the scenario file")
+    machine: MachineConfig = Field(default_factory=MachineConfig)
+    host: HostSection = Field(default_factory=HostSection)
+    pager: PagerSection = Field(default_factory=PagerSection)
+    actions: list[Action] = Field(default_factory=list)
+    expect: list[Expectation] = Field(default_factory=list)
+    base_dir: str = Field("", exclude=True)
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{p}: not valid TOML: {e}") from None
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError("\n".join(f"{p}:{_line_of(text, err['loc'])}: {_loc(err['loc'])}: {err['msg']}"
+                                      for err in e.errors())) from None
+    sc.base_dir = str(p.resolve().parent)
+    return sc
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
+    return out
+
+
+def _line_of(text: str, loc: tuple) -> int:
+    """Best effort: the line where the failing table or key is written."""
+    lines = text.splitlines()
+    keys = [k for k in loc if isinstance(k, str)]
+    index = next((k for k in loc if isinstance(k, int)), None)
+    if not keys:
+        return 1
+    table = keys[0]
+    start = 0
+    if index is not None:
+        hits = [i for i, l in enumerate(lines) if re.match(rf"\s*\[\[\s*{re.escape(table)}\s*\]\]", l)]
+        if index < len(hits):
+            start = hits[index]
+    else:
+        for i, l in enumerate(lines):
+            if re.match(rf"\s*\[\s*{re.escape(table)}\s*\]", l):
+                start = i
+                break
+    for key in reversed(keys[1:]):
+        for i in range(start, len(lines)):
+            if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+                return i + 1
+    return start + 1
