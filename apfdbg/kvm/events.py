@@ -39,14 +39,7 @@ __all__ = [
 ]
 
 
-class Event(BaseModel):
-    """Base of every apfdbg event: when (virtual time), which vCPU, what kind."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    time: int
-    vcpu: int | None
-    kind: str
+from ..eventbase import Event, MsrRead as _MsrRead, MsrWrite as _MsrWrite
 
 
 # ---- the kernel tracepoints -------------------------------------------------------------
@@ -134,22 +127,13 @@ class SyncFault(Event):
     reason: Literal["cannot_async", "prefault", "queue_full"]
 
 
-class MsrWrite(Event):
-    kind: Literal["msr_write"] = "msr_write"
-    index: int
-    value: int
-    result: Literal["ok", "gp"]  # "gp": the write raises #GP(0)
+class MsrWrite(_MsrWrite):
+    """A write of one of the model's MSRs, with what the model made of it."""
     handler: str = "kvm"
-    reason: str  # what happened, e.g. "enabled", "disabled", "reserved bits", "gpa not in RAM"
 
 
-class MsrRead(Event):
-    kind: Literal["msr_read"] = "msr_read"
-    index: int
-    value: int
-    result: Literal["ok", "gp"] = "ok"
+class MsrRead(_MsrRead):
     handler: str = "kvm"
-    reason: str = ""
 
 
 class Gp(Event):

@@ -7,32 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kind: str
-    time: int
-    vcpu: int | None = None
-
-
-class MsrRead(Event):
-    kind: Literal["msr_read"] = "msr_read"
-    index: int
-    value: int
-    result: Literal["ok", "gp"]
-    handler: str
-    reason: str = ""
-
-
-class MsrWrite(Event):
-    kind: Literal["msr_write"] = "msr_write"
-    index: int
-    value: int
-    result: Literal["ok", "gp"]
-    handler: str
-    reason: str = ""
+from ..eventbase import Event, MsrRead, MsrWrite  # noqa: F401  (re-exported)
 
 
 class Cpuid(Event):

@@ -38,6 +38,7 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
     for cls in vars(ev).values()
     if isinstance(cls, type) and issubclass(cls, ev.Event) and cls is not ev.Event
 }
+MACHINE_EVENT_TYPES = tuple(EVENT_TYPES.values())
 
 
 def canonical(v: int) -> bool:

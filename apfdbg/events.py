@@ -1,0 +1,38 @@
+"""The trace schema: every event kind any layer emits, as one discriminated union."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Union
+
+from pydantic import Field, TypeAdapter
+
+from .kvm.events import KVM_EVENT_TYPES
+from .machine.machine import MACHINE_EVENT_TYPES
+
+ALL_EVENT_TYPES = tuple({c.model_fields["kind"].default: c
+                         for c in (*MACHINE_EVENT_TYPES, *KVM_EVENT_TYPES)}.values())
+TraceEvent = Annotated[Union[ALL_EVENT_TYPES], Field(discriminator="kind")]  # type: ignore[valid-type]
+trace_adapter: TypeAdapter = TypeAdapter(TraceEvent)
+
+
+def parse_line(line: str):
+    """One JSON Lines trace record -> its typed event (raises pydantic.ValidationError)."""
+    return trace_adapter.validate_json(line)
+
+
+def json_schema() -> str:
+    return json.dumps(trace_adapter.json_schema(), indent=1, sort_keys=True)
+
+
+def markdown_table() -> str:
+    """One row per event kind: its fields and what it means (from the class docstrings)."""
+    rows = ["| kind | fields | meaning |", "|---|---|---|"]
+    for cls in sorted(ALL_EVENT_TYPES, key=lambda c: c.model_fields["kind"].default):
+        fields = ", ".join(f"`{n}`" for n in cls.model_fields if n not in ("time", "vcpu", "kind"))
+        doc = " ".join((cls.__doc__ or "").split())
+        rows.append(f"| `{cls.model_fields['kind'].default}` | {fields} | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m apfdbg.events > docs/trace.md regenerates the doc
+    print(__doc__ or "")
