@@ -52,6 +52,10 @@ class KvmHost:
     def before_entry(self, vcpu) -> None:
         self.kvm.before_entry(vcpu.index)
 
+    def wants_interrupt_window(self, vcpu) -> bool:
+        st = self.kvm.state(vcpu.index)
+        return bool(st.done) and not self.kvm.can_inject_page_ready(vcpu.index)
+
     def on_interrupt_wake(self, vcpu) -> None:
         self.kvm.on_interrupt_wake(vcpu.index)
 

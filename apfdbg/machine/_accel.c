@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define APF_ABI_VERSION 1u
+#define APF_ABI_VERSION 2u
 #define APF_API __attribute__((visibility("default")))
 
 /* ---- Unicorn 2.1.4 definitions (unicorn.h, x86.h) ---------------------------------------- */
@@ -101,6 +101,7 @@ enum apf_stop {
     APF_STOP_BUDGET = 1, /* block hook: retired >= budget_end, block not run, not counted */
     APF_STOP_MISS = 2,   /* block hook: Python's miss callback said "stop before this block" */
     APF_STOP_FAULT = 3,  /* TLB fill denied: see apf_vcpu.fault */
+    APF_STOP_IRQ_WINDOW = 4, /* block hook: an interrupt waits and RFLAGS.IF is now 1 */
 };
 
 enum apf_fault_kind {
@@ -172,6 +173,11 @@ struct apf_vcpu {
     struct apf_bent *tab;
     uint64_t tab_mask;
     uint64_t tab_used;
+    /* -- interrupt window: an interrupt waits for IF = 1. While armed, Python sets budget_end to 0
+     * so every block entry takes the slow branch, and the real budget end lives here. -- */
+    uint64_t irq_window_end;   /* 0: not armed */
+    uint32_t irq_window_skip;  /* let this many block entries pass (the STI/MOV SS shadow) */
+    uint32_t pad0;
 };
 
 /* No fill produces it (0 or CR3 | 1): makes the hot-path memo miss without losing cur_block_*. */
@@ -292,9 +298,23 @@ APF_API void apf_block_hook(void *uc, uint64_t addr, uint32_t size, void *user)
     struct apf_vcpu *v = (struct apf_vcpu *)user;
 
     if (__builtin_expect(v->retired >= v->budget_end, 0)) {
-        v->stop_reason = APF_STOP_BUDGET;
-        v->emu_stop(uc);
-        return;
+        if (!v->irq_window_end || v->retired >= v->irq_window_end) {
+            v->stop_reason = APF_STOP_BUDGET;
+            v->emu_stop(uc);
+            return;
+        }
+        /* QEMU ends a block after sti, popf and iret, so a block entry is the first point where
+         * a newly set IF can let the waiting interrupt in. */
+        if (v->irq_window_skip) {
+            v->irq_window_skip--;
+        } else {
+            uint64_t fl = 0;
+            if (v->reg_read(uc, UCX_X86_REG_EFLAGS, &fl) == 0 && (fl & 0x200)) {
+                v->stop_reason = APF_STOP_IRQ_WINDOW;
+                v->emu_stop(uc);
+                return;
+            }
+        }
     }
     if (__builtin_expect(addr == v->cur_block_addr && size == v->cur_block_size &&
                          v->asid == v->cur_block_asid, 1)) {
@@ -531,6 +551,7 @@ APF_API size_t apf_layout(uint64_t *out, size_t n)
         offsetof(struct apf_vcpu, tab),
         offsetof(struct apf_vcpu, tab_used),
         sizeof(struct apf_regs),
+        offsetof(struct apf_vcpu, irq_window_end),
     };
     size_t m = sizeof offs / sizeof offs[0];
     for (size_t i = 0; i < n && i < m; i++)

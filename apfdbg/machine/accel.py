@@ -30,13 +30,14 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 from .faults import AccessFault, BadPhysical, GuestPageFault, HostSwapped, NonCanonical
 
 PAGE = 4096
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # stop reasons (apf_vcpu.stop_reason)
 STOP_NONE = 0
 STOP_BUDGET = 1  # retired >= budget_end at a block entry: the block did not run
 STOP_NEW_BLOCK = 2  # the miss callback returned 0: stopped before that block
 STOP_MEMFAULT = 3  # a TLB fill was denied: see VcpuAccel.fault
+STOP_IRQ_WINDOW = 4  # an interrupt was waiting and IF became 1: the block did not run
 
 # fault kinds (apf_fault.kind) and their names in Fault.kind
 FAULT_NONE = 0
@@ -116,6 +117,9 @@ class ApfVcpu(Structure):
         ("tab", c_void_p),
         ("tab_mask", c_uint64),
         ("tab_used", c_uint64),
+        ("irq_window_end", c_uint64),
+        ("irq_window_skip", c_uint32),
+        ("pad0", c_uint32),
     ]
 
 
@@ -165,6 +169,7 @@ def _check_layout(lib: ctypes.CDLL) -> None:
         ApfVcpu.asid.offset, ApfVcpu.fault.offset, ctypes.sizeof(ApfFault),
         ApfVcpu.n_lookups.offset, ApfVcpu.ram.offset, ApfVcpu.uc.offset, ApfVcpu.miss.offset,
         ApfVcpu.tab.offset, ApfVcpu.tab_used.offset, ctypes.sizeof(ApfRegs),
+        ApfVcpu.irq_window_end.offset,
     ]
     if list(out[:n]) != mine:
         raise ImportError(f"struct apf_vcpu layout mismatch: C {list(out[:n])} != ctypes {mine}")
@@ -269,6 +274,7 @@ class VcpuAccel:
     STOP_BUDGET = STOP_BUDGET
     STOP_NEW_BLOCK = STOP_NEW_BLOCK
     STOP_MEMFAULT = STOP_MEMFAULT
+    STOP_IRQ_WINDOW = STOP_IRQ_WINDOW
 
     def __init__(self) -> None:  # use attach()
         self._keep = _Keep()

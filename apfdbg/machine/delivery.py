@@ -125,6 +125,8 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
         if off + 7 > tss_limit:
             raise _Fault(EXC_TS, 0 | ext)  # selector of the TSS; 0 is what is visible to most handlers
         rsp = struct.unpack("<Q", _read(cpu, tss_base + off, 8, ext))[0]
+        if not _canonical(rsp):
+            raise _Fault(EXC_SS, ext)  # SDM: a non-canonical stack from the TSS is #SS(0) at once
     if cpl_changes:
         new_ss = new_cpl  # the null selector with RPL = new CPL
     elif ss & ~3:
@@ -154,6 +156,10 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     cpu.finish_delivery(handler, top, new_flags, (sel & ~3) | new_cpl, desc, new_ss, ss_desc,
                         cpl_changes, cr2)
     return Delivered(vector, handler, rip)
+
+
+def _canonical(v: int) -> bool:
+    return (v >> 47) in (0, 0x1FFFF)
 
 
 def _split(va: int, gpas: list[int], size: int):

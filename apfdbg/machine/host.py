@@ -19,6 +19,8 @@ class Host(Protocol):
     def on_swapped_fault(self, vcpu: "VCpu", gfn: int, gva: int, access: str) -> bool: ...
     """True if the host took care of it (async PF or halt); False: the machine stalls the vCPU."""
     def before_entry(self, vcpu: "VCpu") -> None: ...
+    def wants_interrupt_window(self, vcpu: "VCpu") -> bool: ...
+    """True if the host has an event for `vcpu` that waits only for it to accept interrupts."""
     def on_interrupt_wake(self, vcpu: "VCpu") -> None: ...
 
 
@@ -40,6 +42,9 @@ class NullHost:
 
     def before_entry(self, vcpu) -> None:
         pass
+
+    def wants_interrupt_window(self, vcpu) -> bool:
+        return False
 
     def on_interrupt_wake(self, vcpu) -> None:
         pass

@@ -305,7 +305,7 @@ class VCpu:
                 return True
             if acc.retired >= end:
                 return True
-            acc.budget_end = end
+            self._arm_interrupt_window(end)
             acc.stop_reason = 0
             self._exit = None
             self._turn_base = acc.retired
@@ -321,6 +321,20 @@ class VCpu:
                 self.uc.ctl_set_exits([])
                 self._prefix_until = None
         return True
+
+    def _arm_interrupt_window(self, end: int) -> None:
+        """If an interrupt (or a host page-ready) waits only for IF=1, have the block hook stop at
+        the first block entry where IF is 1, as a CPU takes it right after sti/popf/iret."""
+        st = self.accel.state
+        waiting = self.pending is None and (
+            self.apic.pending_vector() is not None or self.machine.host.wants_interrupt_window(self))
+        if waiting:
+            st.irq_window_end = end
+            st.irq_window_skip = 1 if ucstate.interrupt_shadow(self.uc) else 0
+            st.budget_end = 0
+        else:
+            st.irq_window_end = 0
+            st.budget_end = end
 
     def _precise_retired(self, rip: int) -> int:
         """Instructions retired before the one at `rip` (the block hook counts whole blocks)."""
@@ -342,7 +356,7 @@ class VCpu:
         rip = uc.reg_read(X.UC_X86_REG_RIP)
         reason = acc.stop_reason
         exit_ = self._exit
-        if reason == VcpuAccel.STOP_BUDGET and exit_ is None:
+        if reason in (VcpuAccel.STOP_BUDGET, VcpuAccel.STOP_IRQ_WINDOW) and exit_ is None:
             self._settle(-1)
             return
         if reason == VcpuAccel.STOP_NEW_BLOCK and exit_ is None:
