@@ -86,6 +86,8 @@ typedef int64_t (*apf_miss_fn)(uint64_t addr, uint32_t size);
 #define PTE_PS (1ull << 7)
 #define PTE_XD (1ull << 63)
 #define PTE_ADDR 0x000FFFFFFFFFF000ull
+#define MAXPHYADDR 40
+#define RSVD_PHYS (((1ull << 52) - 1) & ~((1ull << MAXPHYADDR) - 1))
 #define PTE_ADDR_2M 0x000FFFFFFFE00000ull
 #define PTE_ADDR_1G 0x000FFFFFC0000000ull
 
@@ -448,6 +450,17 @@ static int walk(struct apf_vcpu *v, struct apf_regs *r, uint64_t va, int access,
             return APF_FAULT_GUEST_PF;
         }
         ent_pa[nent++] = ep;
+        /* Address bits above MAXPHYADDR (40, what Unicorn's CPUID 0x80000008 reports), PS in a
+         * PML4 entry, and the low address bits of a large page are reserved (SDM vol. 3, 4.5). */
+        if ((e & RSVD_PHYS) || (level == 4 && (e & PTE_PS)) ||
+            ((level == 3 || level == 2) && (e & PTE_PS) &&
+             (e & (((level == 3 ? (1ull << 30) : (1ull << 21)) - 1) & ~0x1fffull)))) {
+            record(f, APF_FAULT_GUEST_PF, va, access, user);
+            f->error_code = PFEC_P | PFEC_RSVD | (is_w ? PFEC_W : 0) | (user ? PFEC_U : 0);
+            if (is_x && ((read_efer(v, r) & EFER_NXE) || (r->cr4 & CR4_SMEP)))
+                f->error_code |= PFEC_ID;
+            return APF_FAULT_GUEST_PF;
+        }
         rw &= (e >> 1) & 1;
         us &= (e >> 2) & 1;
         if (e & PTE_XD) {
@@ -470,7 +483,7 @@ static int walk(struct apf_vcpu *v, struct apf_regs *r, uint64_t va, int access,
         table = e & PTE_ADDR;
     }
 
-    /* permissions (SDM vol. 3, 4.6). Other reserved bits are not checked. */
+    /* permissions (SDM vol. 3, 4.6) */
     const uint64_t wp = r->cr0 & CR0_WP;
     const bool smap = !user && us && (r->cr4 & CR4_SMAP) && !(r->rflags & RFLAGS_AC);
     const bool can_r = user ? us : !smap;
