@@ -107,8 +107,7 @@ class Machine:
     def publish(self, event: ev.Event) -> None:
         """Hosts publish their own typed events through here too, so the stream stays one."""
         self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
-        if event.kind in ("inject", "resume", "wake"):
-            self._activity += 1
+        self._activity += 1  # a round with no event and no instruction is idle
         for sink in self.sinks:
             sink(event)
 
