@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define APF_ABI_VERSION 2u
+#define APF_ABI_VERSION 3u
 #define APF_API __attribute__((visibility("default")))
 
 /* ---- Unicorn 2.1.4 definitions (unicorn.h, x86.h) ---------------------------------------- */
@@ -179,7 +179,11 @@ struct apf_vcpu {
      * so every block entry takes the slow branch, and the real budget end lives here. -- */
     uint64_t irq_window_end;   /* 0: not armed */
     uint32_t irq_window_skip;  /* let this many block entries pass (the STI/MOV SS shadow) */
-    uint32_t pad0;
+    /* -- RF: set by Python just before an iretq that loads RFLAGS.RF = 1. A CPU clears RF once the
+     * next instruction completes; Unicorn keeps it to the end of the next block, where pushf would
+     * show it, so the block hook clears it at that block's entry. -- */
+    uint32_t clear_rf;
+    apf_reg_read_fn reg_write; /* uc_reg_write (same signature) */
 };
 
 /* No fill produces it (0 or CR3 | 1): makes the hot-path memo miss without losing cur_block_*. */
@@ -299,6 +303,14 @@ APF_API void apf_block_hook(void *uc, uint64_t addr, uint32_t size, void *user)
 {
     struct apf_vcpu *v = (struct apf_vcpu *)user;
 
+    if (__builtin_expect(v->clear_rf, 0)) {
+        uint64_t fl = 0;
+        v->clear_rf = 0;
+        if (v->reg_read(uc, UCX_X86_REG_EFLAGS, &fl) == 0 && (fl & (1ull << 16))) {
+            fl &= ~(1ull << 16);
+            v->reg_write(uc, UCX_X86_REG_EFLAGS, &fl);
+        }
+    }
     if (__builtin_expect(v->retired >= v->budget_end, 0)) {
         if (!v->irq_window_end || v->retired >= v->irq_window_end) {
             v->stop_reason = APF_STOP_BUDGET;
@@ -565,6 +577,7 @@ APF_API size_t apf_layout(uint64_t *out, size_t n)
         offsetof(struct apf_vcpu, tab_used),
         sizeof(struct apf_regs),
         offsetof(struct apf_vcpu, irq_window_end),
+        offsetof(struct apf_vcpu, reg_write),
     };
     size_t m = sizeof offs / sizeof offs[0];
     for (size_t i = 0; i < n && i < m; i++)

@@ -30,7 +30,7 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 from .faults import AccessFault, BadPhysical, GuestPageFault, HostSwapped, NonCanonical
 
 PAGE = 4096
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # stop reasons (apf_vcpu.stop_reason)
 STOP_NONE = 0
@@ -119,7 +119,8 @@ class ApfVcpu(Structure):
         ("tab_used", c_uint64),
         ("irq_window_end", c_uint64),
         ("irq_window_skip", c_uint32),
-        ("pad0", c_uint32),
+        ("clear_rf", c_uint32),
+        ("reg_write", c_void_p),
     ]
 
 
@@ -169,7 +170,7 @@ def _check_layout(lib: ctypes.CDLL) -> None:
         ApfVcpu.asid.offset, ApfVcpu.fault.offset, ctypes.sizeof(ApfFault),
         ApfVcpu.n_lookups.offset, ApfVcpu.ram.offset, ApfVcpu.uc.offset, ApfVcpu.miss.offset,
         ApfVcpu.tab.offset, ApfVcpu.tab_used.offset, ctypes.sizeof(ApfRegs),
-        ApfVcpu.irq_window_end.offset,
+        ApfVcpu.irq_window_end.offset, ApfVcpu.reg_write.offset,
     ]
     if list(out[:n]) != mine:
         raise ImportError(f"struct apf_vcpu layout mismatch: C {list(out[:n])} != ctypes {mine}")
@@ -180,6 +181,7 @@ lib = _load()
 _BLOCK_HOOK = ctypes.cast(lib.apf_block_hook, c_void_p)
 _FILL_HOOK = ctypes.cast(lib.apf_fill_hook, c_void_p)
 _UC_REG_READ = ctypes.cast(uclib.uc_reg_read, c_void_p).value
+_UC_REG_WRITE = ctypes.cast(uclib.uc_reg_write, c_void_p).value
 _UC_EMU_STOP = ctypes.cast(uclib.uc_emu_stop, c_void_p).value
 _UC_CTL = ctypes.cast(uclib.uc_ctl, c_void_p).value
 
@@ -316,6 +318,7 @@ class VcpuAccel:
         st.frame_state = _addr(frame_state)
         st.uc = self._uch
         st.reg_read = _UC_REG_READ
+        st.reg_write = _UC_REG_WRITE
         st.emu_stop = _UC_EMU_STOP
         st.ctl = _UC_CTL
         if miss_cb is not None:

@@ -9,6 +9,7 @@ import capstone
 SPECIAL = {
     "wrmsr": "wrmsr", "rdmsr": "rdmsr", "rdtsc": "rdtsc", "rdtscp": "rdtscp",
     "rdrand": "rdrand", "rdseed": "rdseed",
+    "iretq": "iretq",  # not emulated: watched for RFLAGS.RF (vcpu._on_iretq)
 }
 
 

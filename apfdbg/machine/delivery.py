@@ -14,6 +14,7 @@ from .faults import (CONTRIBUTORY, ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_NP, E
                      EXC_TS, AccessFault, GuestPageFault, NonCanonical, PendingEvent)
 
 RF_TF, RF_IF, RF_NT, RF_RF, RF_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
+FAULT_CLASS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20})
 
 
 class CpuView(Protocol):
@@ -132,9 +133,10 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     elif ss & ~3:
         ss_desc = _descriptor(cpu, ss, ext)
     rsp &= ~0xF
-    # A CPU sets RF in the frame of a fault; we push it clear, because after `iretq` Unicorn keeps
-    # RF set to the end of the next translated block, where `pushf` would show it (guest-abi.md).
+    # A CPU (and KVM when it injects one) sets RF in the frame of a fault-class exception.
     pushed_flags = rflags & ~RF_RF
+    if ev.source in ("exception", "host") and vector in FAULT_CLASS:
+        pushed_flags |= RF_RF
     frame = [ss, old_rsp, pushed_flags, cs, rip]
     if ev.error_code is not None and vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code & 0xFFFFFFFFFFFFFFFF)

@@ -93,6 +93,10 @@ class Machine:
     def now(self) -> int:
         return self.timeline.now
 
+    def tsc(self) -> int:
+        """What rdtsc and IA32_TSC read: virtual time plus the offset a TSC write set."""
+        return (self.now + self.tsc_offset) & (2**64 - 1)
+
     def advance(self, n: int) -> None:
         self.timeline.now += n
 
@@ -156,7 +160,7 @@ class Machine:
             except ApicFault as e:
                 reason = str(e)
         elif index == MSR_TSC:
-            value, handler, reason = (self.now + self.tsc_offset) & (2**64 - 1), "arch", ""
+            value, handler, reason = self.tsc(), "arch", ""
         elif index in PASSTHROUGH:
             value, handler, reason = vcpu.uc.msr_read(index), "arch", ""
         self.emit("msr_read", vcpu.index, index=index, value=value or 0,

@@ -553,9 +553,20 @@ class VCpu:
             return 0
         return info.icount or 1
 
+    def _on_iretq(self, uc, address, size, _ud) -> None:
+        """Before an iretq: if the frame restores RF=1, have the block hook clear it once the
+        next block starts (see docs/machine.md)."""
+        rsp = uc.reg_read(X.UC_X86_REG_RSP)
+        raw = self.peek(rsp + 16, 8)
+        if raw is not None and int.from_bytes(raw, "little") & (1 << 16):
+            self.accel.state.clear_rf = 1
+
     def _hook_sites(self) -> None:
         for site, kind in self._want_sites:
-            self.uc.hook_add(UC_HOOK_CODE, self._on_site, kind, site, site)
+            if kind == "iretq":
+                self.uc.hook_add(UC_HOOK_CODE, self._on_iretq, None, site, site)
+            else:
+                self.uc.hook_add(UC_HOOK_CODE, self._on_site, kind, site, site)
             self._hooked_sites.add(site)
         addr, size = self._want_block
         self.uc.ctl_remove_cache(addr, addr + size)
@@ -590,11 +601,11 @@ class VCpu:
             uc.reg_write(X.UC_X86_REG_RDX, (val >> 32) & 0xFFFFFFFF)
             self._advance_rip(rip, 2)
         elif kind in ("rdtsc", "rdtscp"):
-            tsc = m.now
+            tsc = m.tsc()
             uc.reg_write(X.UC_X86_REG_RAX, tsc & 0xFFFFFFFF)
             uc.reg_write(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFFFFFF)
             if kind == "rdtscp":
-                uc.reg_write(X.UC_X86_REG_RCX, self.index)
+                uc.reg_write(X.UC_X86_REG_RCX, uc.msr_read(0xC0000103) & 0xFFFFFFFF)  # TSC_AUX
             self._advance_rip(rip, 2 if kind == "rdtsc" else 3)
         elif kind in ("rdrand", "rdseed"):
             insn = self.peek(rip, 15) or b""
