@@ -5,19 +5,20 @@ commands (run on the engine thread between vCPU turns) and reads immutable snaps
 """
 from __future__ import annotations
 
+import bisect
 import queue
 import threading
 import time
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .host.kvm import build_machine
 from .machine.config import MachineConfig
 from .machine.image import Image
 from .machine.machine import Machine, RunResult
 from .machine.vcpu import RFLAGS_IF, State
-from .scenario import Action, Scenario, parse_gfns
+from .scenario import Action, EventMatch, Scenario, parse_gfns
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,81 @@ class Snapshot:
     event_count: int
     counts: dict[str, int]
     console: list[str]
+    # --- for the UI (all immutable or never mutated after the snapshot is taken) ---
+    events: "EventWindow | None" = None   # the event log as it was at `time`
+    stop_reason: str = ""                 # why the engine is paused ("" while running)
+    speed: float | None = None            # paced events per second (None: full speed)
+    commands: int = 0                     # commands applied so far (UI and scenario-independent)
+    message: str = ""                     # what the last command did, in words
+    frames: int = 0                       # guest RAM frames
+    profile: Any = None                   # apfdbg.kvm.profiles.Profile (frozen)
+    error: str | None = None              # the engine stopped with this error
+
+
+def event_key(e) -> str:
+    """The kind a filter and the per-kind counters use: `inject` is split by vector (`inject:#PF`,
+    `inject:0x81`), every other event is its kind."""
+    if e.kind == "inject":
+        return _INJECT_KEYS.get(e.vector) or f"inject:{e.vector:#x}"
+    return e.kind
 
 
 class EventLog:
-    """Every event of the run, in order; the oldest are dropped past `capacity` (counts stay exact)."""
+    """Every event of the run, in order, addressable by sequence number (0 = the first event).
+
+    The oldest are dropped past `capacity` (counts stay exact).  Events live in chunks that are
+    only ever appended to, and `(key, vcpu)` index arrays hold the sequence numbers of each kind,
+    so another thread can read any event below a length it was handed (an :class:`EventWindow`
+    in a snapshot) and filter a million events without copying them.
+    """
+
+    CHUNK = 4096
 
     def __init__(self, capacity: int = 1_000_000) -> None:
-        self.events: deque = deque(maxlen=capacity)
+        self.capacity = max(capacity, self.CHUNK)
+        self._chunks: dict[int, list] = {}
+        self._tail: list = []
+        self._chunks[0] = self._tail
         self.total = 0
+        self.first = 0                       # sequence number of the oldest event kept
         self.counts: dict[tuple[str, int | None], int] = {}
+        self.index: dict[tuple[str, int | None], array] = {}
 
     def __call__(self, e) -> None:
-        self.events.append(e)
-        self.total += 1
+        seq = self.total
+        tail = self._tail
+        if len(tail) == self.CHUNK:
+            tail = self._tail = []
+            self._chunks[seq // self.CHUNK] = tail
+        tail.append(e)
+        self.total = seq + 1
         key = (e.kind, e.vcpu)
         self.counts[key] = self.counts.get(key, 0) + 1
+        ikey = (event_key(e), e.vcpu) if e.kind == "inject" else key
+        idx = self.index.get(ikey)
+        if idx is None:
+            idx = self.index[ikey] = array("q")
+        idx.append(seq)
+        if seq + 1 - self.first > self.capacity + self.CHUNK:
+            self._drop_oldest_chunk()
+
+    def _drop_oldest_chunk(self) -> None:
+        c = self.first // self.CHUNK
+        self._chunks.pop(c, None)
+        self.first = (c + 1) * self.CHUNK
+        if c % 16 == 15:  # now and then, forget index entries of dropped events
+            for k, idx in list(self.index.items()):
+                cut = bisect.bisect_left(idx, self.first)
+                if cut:
+                    self.index[k] = idx[cut:]
+
+    def get(self, seq: int):
+        """The event with sequence number `seq`, or None if it was dropped (or is not there yet)."""
+        chunk = self._chunks.get(seq // self.CHUNK)
+        if chunk is None:
+            return None
+        i = seq % self.CHUNK
+        return chunk[i] if i < len(chunk) else None
 
     def count(self, kind: str, vcpu: int | None = None) -> int:
         if vcpu is None:
@@ -73,7 +134,63 @@ class EventLog:
         return self.counts.get((kind, vcpu), 0)
 
     def tail(self, n: int) -> list:
-        return list(self.events)[-n:]
+        start = max(self.first, self.total - n)
+        return [self.get(i) for i in range(start, self.total)]
+
+    @property
+    def events(self) -> list:
+        """All kept events (a copy)."""
+        return self.tail(self.total)
+
+    def window(self) -> "EventWindow":
+        return EventWindow(self, self.first, self.total)
+
+
+@dataclass(frozen=True)
+class EventWindow:
+    """The event log as it was when a snapshot was taken: sequence numbers [start, end)."""
+    log: EventLog
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def get(self, seq: int):
+        if not self.start <= seq < self.end:
+            return None
+        return self.log.get(seq)
+
+    def keys(self) -> dict[str, int]:
+        """Event keys (see event_key) seen so far, with their counts over the whole run."""
+        out: dict[str, int] = {}
+        for (k, _v), idx in list(self.log.index.items()):
+            out[k] = out.get(k, 0) + len(idx)
+        return out
+
+    def select(self, keys: Iterable[str] | None = None, vcpus: Iterable[int | None] | None = None,
+               since: int | None = None) -> list[int]:
+        """Sequence numbers (ascending) of the events whose key is in `keys` and vCPU in `vcpus`
+        (None: any), from `since` (default: the window's start) to the window's end."""
+        lo = self.start if since is None else max(self.start, since)
+        keys = None if keys is None else set(keys)
+        vcpus = None if vcpus is None else set(vcpus)
+        parts = []
+        for (k, v), idx in list(self.log.index.items()):
+            if (keys is None or k in keys) and (vcpus is None or v in vcpus):
+                a = bisect.bisect_left(idx, lo)
+                b = bisect.bisect_left(idx, self.end)
+                if b > a:
+                    parts.append(idx[a:b])
+        if not parts:
+            return []
+        if len(parts) == 1:
+            return parts[0].tolist()
+        out: list[int] = []
+        for p in parts:
+            out.extend(p)
+        out.sort()  # timsort merges the sorted runs
+        return out
 
 
 @dataclass
@@ -94,6 +211,12 @@ class Engine:
         self.kvm = self.machine.host.kvm
         self.log = EventLog()
         self.machine.sinks.append(self.log)
+        self.machine.sinks.append(self._on_event)
+        #: frames the scenario's pager may swap out (the memory map marks them; random page-outs
+        #: pick from them)
+        self.pager_frames: tuple[int, ...] = tuple(
+            g for g in sorted(set(parse_gfns(sc.pager.auto.frames))) if g < self.machine.ram.frames
+        ) if sc.pager.auto else ()
         self._expect_counts: dict[int, int] = {}
         for action in sc.actions:
             self._schedule(action, action.at)
@@ -108,7 +231,18 @@ class Engine:
         self._quit = False
         self.events_per_second: float | None = None  # None: full speed
         self._step_events = 0
+        self._break: Callable[[Any], bool] | None = None
+        self._break_note = ""
+        self._stepping = False
+        self._pace_armed = True
+        self.stop_reason = "paused"
+        self.stop_event: int | None = None     # sequence number of the event a run stopped at
+        self.message = ""
+        self.commands_done = 0
+        self._last_fault_gfn: dict[int, int] = {}
+        self._last_area: dict[int, int] = {}  # reason area of each vCPU (kept after a disable)
         self._snapshot: Snapshot | None = None
+        self._snapshot_key: tuple | None = None
         self._lock = threading.Lock()
         self.error: str | None = None
 
@@ -120,38 +254,228 @@ class Engine:
                 self._schedule(action, self.machine.now + action.every)
         self.machine.timeline.schedule(at, fire)
 
-    def apply(self, a: Action) -> None:
+    def apply(self, a: Action) -> str:
+        """Carry out one action now (engine thread); returns what it did, in words."""
         m = self.machine
         if a.do == "page_out":
-            m.page_out(parse_gfns(a.gfns))
+            done = m.page_out(parse_gfns(a.gfns))
+            return f"paged out {_gfns_text(done)}" if done else f"{_gfns_text(parse_gfns(a.gfns))} already out"
+        elif a.do == "page_out_working":
+            gfn = self.working_gfn(a.vcpu)
+            if gfn is None:
+                return f"vCPU {a.vcpu}: no working page (no memory operand at RIP, no fault yet)"
+            done = m.page_out([gfn])
+            return (f"paged out gfn {gfn:#x}, vCPU {a.vcpu}'s working page" if done
+                    else f"gfn {gfn:#x} (vCPU {a.vcpu}'s working page) is already out")
         elif a.do == "page_in":
-            for g in parse_gfns(a.gfns):
+            gfns = parse_gfns(a.gfns)
+            for g in gfns:
                 m.page_in(g)
+            return f"paged in {_gfns_text(gfns)}"
         elif a.do == "page_out_random":
             pool = parse_gfns(a.gfns) if a.gfns is not None else range(0x100, m.ram.frames)
-            resident = [g for g in pool if not m.ram.is_swapped(g)]
-            m.page_out(sorted(m.rng.sample(resident, min(a.count, len(resident)))))
+            resident = [g for g in pool if g < m.ram.frames and not m.ram.is_swapped(g)]
+            done = m.page_out(sorted(m.rng.sample(resident, min(a.count, len(resident)))))
+            return f"paged out {len(done)} random frame(s): {_gfns_text(done)}"
         elif a.do == "complete":
             work = self.kvm.find_work(a.token, a.vcpu)
-            if work is not None:
-                self.kvm.complete(work)
+            if work is None:
+                return f"no outstanding work with token {a.token:#x}"
+            if self.kvm.complete(work):
+                return f"completed work #{work.serial} (token {work.token:#x})"
+            return f"work #{work.serial} is not paging in (it is {work.state.value})"
         elif a.do == "complete_oldest":
-            self.kvm.complete_oldest(a.vcpu)
+            w = self.kvm.complete_oldest(a.vcpu)
+            return (f"completed work #{w.serial} (token {w.token:#x}), the oldest of vCPU {a.vcpu}" if w
+                    else f"vCPU {a.vcpu} has no work paging in")
         elif a.do == "complete_all":
-            self.kvm.complete_all(a.vcpu)
+            ws = self.kvm.complete_all(a.vcpu)
+            where = f" of vCPU {a.vcpu}" if a.vcpu is not None else ""
+            return f"completed {len(ws)} work(s){where}"
         elif a.do == "wake_all":
-            self.kvm.wake_all(a.vcpu)
+            w = self.kvm.wake_all(a.vcpu)
+            return (f"queued wake-all work #{w.serial} on vCPU {a.vcpu}" if w else
+                    f"vCPU {a.vcpu}: done list not empty, no wake-all queued (kvm_async_pf_wakeup_all)")
         elif a.do == "reset_vcpu":
             self.kvm.reset_vcpu(a.vcpu)
+            return f"reset vCPU {a.vcpu}'s async-PF state"
+        return ""
 
     def command(self, action: Action | Callable[[], None]) -> None:
         """Queue a command for the engine thread (or run it now when no thread drives the engine)."""
-        fn = action if callable(action) else (lambda: self.apply(action))
-        if self._thread is None:
-            fn()
+        if callable(action) and not isinstance(action, Action):
+            fn = action
         else:
-            self._commands.put(fn)
+            def fn(action=action) -> None:
+                self.message = self.apply(action)
+        def counted() -> None:
+            fn()
+            self.commands_done += 1
+        if self._thread is None:
+            counted()
+        else:
+            self._commands.put(counted)
             self.machine.pause_requested = True
+
+    def working_gfn(self, vcpu: int) -> int | None:
+        """The page `vcpu` works on: the first memory operand of the instruction at RIP, else the
+        page of its last swapped-frame fault (engine thread)."""
+        from .machine.faultaddr import candidates
+        from .machine.faults import AccessFault, HostSwapped
+        v = self.machine.vcpus[vcpu]
+        try:
+            code = v.peek(v.rip, 16) or b""
+            for va, _size in candidates(v.uc, code, v.rip):
+                try:
+                    return v.accel.translate(va, "read", False, False) >> 12
+                except HostSwapped as e:
+                    return e.gfn
+                except AccessFault:
+                    continue
+        except Exception:
+            pass
+        return self._last_fault_gfn.get(vcpu)
+
+    # --- run control (UI) -------------------------------------------------------------------
+    def pause(self, reason: str = "paused") -> None:
+        self._break = None
+        self._step_events = 0
+        if self._running.is_set():
+            self.stop_reason = reason
+            self.stop_event = None
+        self._running.clear()
+        self.machine.pause_requested = True
+
+    def resume(self) -> None:
+        self._break = None
+        self._step_events = 0
+        self.stop_reason = ""
+        self._running.set()
+
+    def set_speed(self, events_per_second: float | None) -> None:
+        """Pace the run: at most this many APF-related events per second (None: full speed)."""
+        self.events_per_second = events_per_second
+
+    def step_events(self, n: int = 1) -> None:
+        """Run until `n` more events have happened, then pause."""
+        def go() -> None:
+            self._break = None
+            self._step_events = n
+            self.stop_reason = ""
+            self._running.set()
+        self.command(go)
+        self._drive_sync()
+
+    def run_until(self, match: EventMatch | Callable[[Any], bool], note: str = "") -> None:
+        """Run until an event matches (an EventMatch or a predicate on the event), then pause."""
+        pred = match.matches if isinstance(match, EventMatch) else match
+        def go() -> None:
+            self._step_events = 0
+            self._break = pred
+            self._break_note = note or (f"reached {match.describe()}" if isinstance(match, EventMatch)
+                                        else "reached the event")
+            self.stop_reason = ""
+            self._running.set()
+        self.command(go)
+        self._drive_sync()
+
+    def step_instruction(self, vcpu: int) -> None:
+        """Run `vcpu` alone for one instruction, then pause.
+
+        The machine counts virtual time per basic block, so from the middle of a block this runs
+        to the block's end (the instructions it ran are reported); exits (MSR, I/O, faults) stop
+        it at once.  Timers due meanwhile fire on the next run.
+        """
+        def go() -> None:
+            m = self.machine
+            v = m.vcpus[vcpu]
+            self._break = None
+            self._step_events = 0
+            self._running.clear()
+            before, rip = v.retired, v.rip
+            m.pause_requested = False
+            self._stepping = True
+            try:
+                if not m.exit_requested:
+                    v.run(v.retired + 1)
+            finally:
+                self._stepping = False
+            n = v.retired - before
+            state = v.state.value
+            if n == 0 and v.rip == rip:
+                why = f"vCPU {vcpu} is {state}: nothing ran" if state != "running" else f"vCPU {vcpu}: nothing ran"
+            else:
+                why = (f"vCPU {vcpu} stepped {n} instruction{'s' if n != 1 else ''}: "
+                       f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}")
+            self.stop_reason = why
+            self.message = why
+            self.stop_event = None
+            m.pause_requested = True
+        self.command(go)
+
+    # --- synchronous driving (tests, screenshots, no engine thread) ---------------------------
+    SYNC_LIMIT = 20_000_000
+
+    def run_to(self, time_: int) -> None:
+        """Run the machine on this thread until virtual time `time_` (or the guest exits)."""
+        m = self.machine
+        while not m.exit_requested and m.now < time_:
+            m.pause_requested = False
+            m.step(until=time_)
+        if m.exit_requested:
+            m.finish()
+
+    def pump(self, max_insns: int | None = None) -> None:
+        """Without an engine thread: run while the engine is set running (a step or a break clears
+        that), at most `max_insns` instructions of virtual time (default SYNC_LIMIT)."""
+        if self._thread is not None:
+            return
+        m = self.machine
+        limit = m.now + (max_insns or self.SYNC_LIMIT)
+        while self._running.is_set() and not m.exit_requested and m.now < limit:
+            m.pause_requested = False
+            m.step(until=min(limit, m.now + 50_000))
+        if m.exit_requested:
+            m.finish()
+            self._exited()
+        elif self._running.is_set() and (self._break is not None or self._step_events):
+            self._stop_run(f"nothing matched within {max_insns or self.SYNC_LIMIT:,} instructions")
+
+    def _drive_sync(self) -> None:
+        if self._thread is None and self._running.is_set():
+            self.pump()
+
+    # --- events -----------------------------------------------------------------------------------
+    def _on_event(self, e) -> None:
+        if e.kind == "swapped_fault":
+            self._last_fault_gfn[e.vcpu] = e.gfn
+        if self._stepping:
+            return
+        if self._break is not None:
+            if self._break(e):
+                self._stop_run(self._break_note, self.log.total - 1)
+            return
+        if self._step_events:
+            self._step_events -= 1
+            if not self._step_events:
+                self._stop_run(f"stepped to event #{self.log.total - 1:,} ({event_key(e)})", self.log.total - 1)
+        elif self.events_per_second and is_paced(e):
+            self.machine.pause_requested = True  # pace: one group of events per slice
+
+    def _stop_run(self, reason: str, seq: int | None = None) -> None:
+        self._break = None
+        self._step_events = 0
+        self._running.clear()
+        self.machine.pause_requested = True
+        self.stop_reason = reason
+        self.stop_event = seq
+
+    def _exited(self) -> None:
+        m = self.machine
+        self._running.clear()
+        self._break = None
+        self._step_events = 0
+        self.stop_reason = f"guest exited: status {m.exit_status} ({m.exit_reason})"
 
     # --- headless ----------------------------------------------------------------------------
     def run(self, max_insns: int | None = None) -> RunResult:
@@ -177,31 +501,80 @@ class Engine:
                 index=v.index, state=v.state.value, rip=rip, where=self.image.describe(rip), cpl=v.cpl(),
                 interrupts=bool(v.rflags & RFLAGS_IF), cr2=v.uc.reg_read(_CR2), retired=v.retired,
                 pending=_pending(v), stall_gfn=v.stall_gfn, task=self._task_of(v)))
-            gpa = st.area_gpa if st.enabled else None
+            if st.enabled:
+                self._last_area[v.index] = st.area_gpa
+            gpa = self._last_area.get(v.index)
             areas.append(m.ram.read(gpa, 64) if gpa is not None and m.ram.contains(gpa, 64) else None)
         console = []
         for v in m.vcpus:
-            console.extend(f"[{v.index}] {l}" for l in v.console.decode("utf-8", "replace").splitlines()[-50:])
+            tail = bytes(v.console[-8192:]).decode("utf-8", "replace").splitlines()[-50:]
+            console.extend(f"[{v.index}] {l}" for l in tail)
+        running = self._running.is_set() and not m.exit_requested
         return Snapshot(
-            time=m.now, running=self._running.is_set(), exited=m.exit_requested, exit_status=m.exit_status,
+            time=m.now, running=running, exited=m.exit_requested, exit_status=m.exit_status,
             exit_reason=m.exit_reason, vcpus=views, apf=apf, reason_areas=areas,
             swapped=m.ram.swapped_gfns(), in_flight=sorted(m._page_waiters), event_count=self.log.total,
-            counts=dict(m.counts), console=console[-200:])
+            counts=dict(m.counts), console=console[-200:], events=self.log.window(),
+            stop_reason="" if running else self.stop_reason, speed=self.events_per_second,
+            commands=self.commands_done, message=self.message, frames=m.ram.frames,
+            profile=self.kvm.profile, error=self.error)
 
     def _task_of(self, v) -> str | None:
-        """The guest's current task, when its symbols say (`current_task` + `task_name`)."""
-        return None
+        """The guest's current task, when its symbols say: `current_task` is an array of one u64
+        per vCPU holding either the address of the task's name (a NUL-terminated string) or of a
+        task struct with a pointer to its name (into `task_name` when that symbol exists)."""
+        sym = self.image.symbol("current_task")
+        if sym is None:
+            return None
+        raw = v.peek(sym.addr + 8 * v.index, 8)
+        if raw is None:
+            return None
+        ptr = int.from_bytes(raw, "little")
+        if ptr == 0:
+            return None
+        names = self.image.symbol("task_name")
+        in_names = (lambda a: names.addr <= a < names.addr + max(names.size, 1)) if names else (lambda a: False)
+        if in_names(ptr):
+            return _cstr(v.peek(ptr, 32))
+        body = v.peek(ptr, 128) or b""
+        ptrs = [int.from_bytes(body[i:i + 8], "little") for i in range(0, len(body) - 7, 8)]
+        for q in ptrs:
+            if in_names(q):
+                return _cstr(v.peek(q, 32))
+        direct = _cstr(body[:32], strict=True)
+        if direct:
+            return direct
+        for q in ptrs:
+            if 0x1000 <= q < self.machine.ram.size:
+                name = _cstr(v.peek(q, 32), strict=True)
+                if name:
+                    return name
+        return f"task@{ptr:#x}"
 
     @property
     def latest(self) -> Snapshot:
-        with self._lock:
-            snap = self._snapshot
-        return snap if snap is not None else self.snapshot()
+        if self._thread is not None:
+            with self._lock:
+                snap = self._snapshot
+            if snap is not None:
+                return snap
+        key = self._state_key()
+        if self._snapshot is None or key != self._snapshot_key:
+            self._snapshot = self.snapshot()
+            self._snapshot_key = key
+        return self._snapshot
+
+    def _state_key(self) -> tuple:
+        m = self.machine
+        return (m.now, self.log.total, self.commands_done, self._running.is_set(), self.stop_reason,
+                self.events_per_second, m.exit_requested, self.message, self.error)
 
     # --- threaded driving -------------------------------------------------------------------------
     def start(self, running: bool = True) -> None:
         self._snapshot = self.snapshot()
+        self._snapshot_key = self._state_key()
         if running:
+            self.stop_reason = ""
             self._running.set()
         self._thread = threading.Thread(target=self._loop, name="apfdbg-engine", daemon=True)
         self._thread.start()
@@ -214,39 +587,19 @@ class Engine:
             self._thread.join(timeout=5)
         self._thread = None
 
-    def pause(self) -> None:
-        self._running.clear()
-        self.machine.pause_requested = True
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def step_events(self, n: int = 1) -> None:
-        """Run until `n` more events have happened, then pause."""
-        def go() -> None:
-            self._step_events = n
-            self._running.set()
-        self.command(go)
-
-    def _on_event(self, _e) -> None:
-        if self._step_events:
-            self._step_events -= 1
-            if not self._step_events:
-                self._running.clear()
-                self.machine.pause_requested = True
-        elif self.events_per_second:
-            self.machine.pause_requested = True  # pace: one event per slice
-
     def _loop(self) -> None:
         m = self.machine
-        m.sinks.append(self._on_event)
         last_snap = 0.0
         try:
             while not self._quit:
                 while not self._commands.empty():
                     self._commands.get_nowait()()
                 if not self._running.is_set() or m.exit_requested:
-                    self._publish()
+                    if m.exit_requested and not m._finished:
+                        m.finish()
+                        self._exited()
+                    if self._state_key() != self._snapshot_key:
+                        self._publish()
                     self._running.wait(timeout=0.05)
                     if m.exit_requested and self._running.is_set() and self._commands.empty():
                         time.sleep(0.05)
@@ -257,22 +610,57 @@ class Engine:
                     m.step(until=m.now + 50_000)
                 if m.exit_requested:
                     m.finish()
-                    self._running.clear()
-                if self.events_per_second:
+                    self._exited()
+                if self.events_per_second and self._running.is_set():
+                    self._publish()
+                    last_snap = time.monotonic()
                     time.sleep(1.0 / self.events_per_second)
                 now = time.monotonic()
-                if now - last_snap > 0.05:
+                if now - last_snap > 0.05 or not self._running.is_set():
                     self._publish()
                     last_snap = now
         except Exception as e:  # keep the UI alive and say what happened
             self.error = f"engine stopped: {type(e).__name__}: {e}"
+            self.stop_reason = self.error
             self._running.clear()
             self._publish()
 
     def _publish(self) -> None:
+        key = self._state_key()
         snap = self.snapshot()
         with self._lock:
             self._snapshot = snap
+            self._snapshot_key = key
+
+
+#: events that set the pace in slow motion (the rest run between them at full speed)
+QUIET_KINDS = frozenset({"console", "io", "cpuid", "hlt", "resume", "msr_read"})
+
+
+def is_paced(e) -> bool:
+    if e.kind == "inject":
+        return e.vector == 14
+    if e.kind == "msr_write":
+        return e.handler == "kvm"
+    return e.kind not in QUIET_KINDS
+
+
+def _gfns_text(gfns) -> str:
+    gfns = list(gfns)
+    if not gfns:
+        return "nothing"
+    if len(gfns) <= 4:
+        return "gfn " + ", ".join(f"{g:#x}" for g in gfns)
+    return f"{len(gfns)} frames ({gfns[0]:#x}..{gfns[-1]:#x})"
+
+
+def _cstr(raw: bytes | None, strict: bool = False) -> str | None:
+    if not raw:
+        return None
+    s = raw.split(b"\0", 1)[0]
+    if strict and (len(s) < 2 or len(s) == len(raw) or not all(32 <= c < 127 for c in s)):
+        return None
+    return s.decode("ascii", "replace") or None
 
 
 def _pending(v) -> str:
@@ -283,3 +671,7 @@ def _pending(v) -> str:
 
 
 from unicorn.x86_const import UC_X86_REG_CR2 as _CR2  # noqa: E402
+
+from .machine.faults import vector_name as _vector_name  # noqa: E402
+
+_INJECT_KEYS = {v: f"inject:{_vector_name(v)}" for v in range(32)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -68,7 +68,7 @@ class PagerSection(_M):
 
 
 ActionKind = Literal["page_out", "page_out_random", "complete", "complete_oldest", "complete_all",
-                     "wake_all", "reset_vcpu", "page_in"]
+                     "wake_all", "reset_vcpu", "page_in", "page_out_working"]
 
 
 class Action(_M):
@@ -84,7 +84,7 @@ class Action(_M):
     def _needs(self):
         if self.do in ("page_out", "page_in") and self.gfns is None:
             raise ValueError(f"{self.do} needs gfns")
-        if self.do in ("wake_all", "reset_vcpu", "complete_oldest") and self.vcpu is None:
+        if self.do in ("wake_all", "reset_vcpu", "complete_oldest", "page_out_working") and self.vcpu is None:
             raise ValueError(f"{self.do} needs vcpu")
         if self.do == "complete" and self.token is None:
             raise ValueError("complete needs token")
@@ -113,6 +113,65 @@ class Expectation(_M):
         return f"{self.event}{where}{by} {' and '.join(w for w in want if w) or 'any'}"
 
 
+class EventMatch(_M):
+    """Which event to stop at: its kind (or kinds), optionally its vCPU and field values.
+
+    A field value of "*" matches anything but None and empty lists; any other value must be equal.
+    `inject:#PF`-style kinds match injections of that vector.
+    """
+    kind: str | list[str]
+    vcpu: int | None = None
+    where: dict[str, Any] = Field(default_factory=dict)
+
+    def kinds(self) -> list[str]:
+        return [self.kind] if isinstance(self.kind, str) else list(self.kind)
+
+    def matches(self, e) -> bool:
+        kinds = self.kinds()
+        if e.kind not in kinds:
+            if e.kind != "inject" or not any(k.startswith("inject:") for k in kinds):
+                return False
+            from .engine import event_key
+            if event_key(e) not in kinds:
+                return False
+        if self.vcpu is not None and e.vcpu != self.vcpu:
+            return False
+        for k, want in self.where.items():
+            got = getattr(e, k, None)
+            if want == "*":
+                if got is None or got == [] or got == ():
+                    return False
+            elif got != want:
+                return False
+        return True
+
+    def describe(self) -> str:
+        what = " or ".join(self.kinds())
+        if self.vcpu is not None:
+            what += f" on vCPU {self.vcpu}"
+        if self.where:
+            what += " with " + ", ".join(f"{k}={'any' if v == '*' else v}" for k, v in self.where.items())
+        return what
+
+
+class TourStep(_M):
+    """One stop of a guided tour: run until `until` matches (or not at all), then show the text."""
+    title: str
+    text: str
+    until: EventMatch | None = None
+    vcpu: int | None = Field(None, description="switch the UI to this vCPU at the stop")
+    focus: str | None = Field(None, description="panel to focus at the stop")
+
+
+class UiSection(_M):
+    """How the TUI starts for this scenario."""
+    speed: float | Literal["full", "key"] = Field(4, description="events per second, 'full' or 'key'")
+    paused: bool = False
+    vcpu: int = 0
+    hide: list[str] = Field(default_factory=list, description="panels hidden at start")
+    focus: str | None = None
+
+
 class Scenario(_M):
     name: str = ""
     description: str = ""
@@ -122,6 +181,8 @@ class Scenario(_M):
     pager: PagerSection = Field(default_factory=PagerSection)
     actions: list[Action] = Field(default_factory=list)
     expect: list[Expectation] = Field(default_factory=list)
+    ui: UiSection = Field(default_factory=UiSection)
+    tour: list[TourStep] = Field(default_factory=list)
     base_dir: str = Field("", exclude=True)
 
 

@@ -32,6 +32,7 @@ CANONICAL_MSRS = {0xC0000082, 0xC0000083, 0xC0000100, 0xC0000101, 0xC0000102, 0x
 KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x4D)  # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX
 
 EXIT_DEADLOCK, EXIT_SHUTDOWN, EXIT_LIMIT, EXIT_BAD_INPUT = 2, 4, 6, 8
+SOLO_BUDGET = 1 << 24  # instructions a lone runnable vCPU runs between looks at the machine
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     cls.model_fields["kind"].default: cls
@@ -86,6 +87,8 @@ class Machine:
         self._round_mark: tuple[int, int] | None = None
         self._turn = None  # (vcpu, end) of a turn a pause interrupted
         self._finished = False
+        self._solo = False        # the current turn is the only runnable vCPU's
+        self._woke_other = False  # ... and it just made another one runnable: end the turn
         self.pause_requested = False
 
     # --- time -------------------------------------------------------------------------------
@@ -124,6 +127,7 @@ class Machine:
     def kick(self, vcpu: VCpu) -> None:
         """Something became pending for `vcpu` (it is looked at on its next turn)."""
         self._activity += 1
+        self._woke_other = True
 
     # --- exits ------------------------------------------------------------------------------
     def cpuid(self, vcpu: VCpu, leaf: int, sub: int) -> tuple[int, int, int, int] | None:
@@ -305,7 +309,12 @@ class Machine:
                 v = self.vcpus[self._next]
                 self._next = (self._next + 1) % n
                 self._round_left -= 1
-                budget = self.config.quantum
+                # Alone (nobody else can run until an exit or a timed event says so), a vCPU
+                # needs no quantum: run it to the next timed event, or until it wakes another.
+                solo = all(o is v or not o.wants_to_run() for o in self.vcpus)
+                budget = SOLO_BUDGET if solo else self.config.quantum
+                self._solo = solo
+                self._woke_other = False
                 due = tl.next_due()
                 if due is not None:
                     budget = min(budget, max(1, due - tl.now))

@@ -1,0 +1,17 @@
+"""The panels of the TUI, one module each (see docs/ui.md)."""
+from .console import ConsolePanel
+from .explain import ExplainPanel
+from .hashtable import HashPanel
+from .memory import MemoryPanel
+from .msr import MsrPanel
+from .reason import ReasonPanel
+from .timeline import TimelinePanel
+from .vcpus import VcpuPanel
+from .works import WorksPanel
+
+#: every panel class, in focus order (the digit keys follow it)
+PANELS = [VcpuPanel, MsrPanel, HashPanel, WorksPanel, ReasonPanel, TimelinePanel, MemoryPanel, ExplainPanel,
+          ConsolePanel]
+
+__all__ = ["PANELS", "VcpuPanel", "MsrPanel", "HashPanel", "WorksPanel", "ReasonPanel", "TimelinePanel",
+           "MemoryPanel", "ExplainPanel", "ConsolePanel"]

@@ -1,0 +1,139 @@
+"""The event timeline: every event of the run, virtualised (a million rows cost what the screen
+shows), filterable by vCPU and event kind."""
+from __future__ import annotations
+
+import bisect
+
+from rich.text import Text
+
+from ..base import Panel, ViewCtx, cell
+from ..fmt import event_summary
+
+_KIND_STYLE = {
+    "async_pf_not_present": "warn", "async_pf_ready": "good", "async_pf_completed": "good",
+    "async_pf_doublefault": "bad", "sync_fault": "bad", "stall": "bad", "halt": "warn",
+    "completion_queue_cleared": "bad", "wakeup_all": "accent", "msr_write": "accent", "gp": "bad",
+    "page_out": "dim", "page_in": "dim", "inject:#PF": "accent", "exit": "bad",
+}
+
+
+class TimelinePanel(Panel):
+    PANEL_ID = "timeline"
+    TITLE = "Event timeline"
+    KEY = "6"
+    SELECTABLE = True
+    EMPTY_HINT = ("No events yet. Events appear as the guest runs (space), one at a time with '.', or up "
+                  "to the next async-PF event with 'n'. f filters by vCPU and kind.")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: frozenset[str] | None = None     # None: every kind
+        self.vcpus: frozenset[int | None] | None = None
+        self._seqs: list[int] | None = None         # None: no filter (row i = window.start + i)
+        self._end = 0
+        self._log = None
+        self._start = 0
+
+    # --- filter --------------------------------------------------------------------------------
+    @property
+    def filtered(self) -> bool:
+        return self.keys is not None or self.vcpus is not None
+
+    def set_filter(self, keys, vcpus) -> None:
+        self.keys = None if keys is None else frozenset(keys)
+        self.vcpus = None if vcpus is None else frozenset(vcpus)
+        self._seqs = None
+        self._end = -1
+        self.cursor = None
+        if self.ctx is not None:
+            self.update_ctx(self.ctx)
+
+    def describe_filter(self) -> str:
+        if not self.filtered:
+            return "all events"
+        parts = []
+        if self.vcpus is not None:
+            parts.append("vCPU " + ",".join("-" if v is None else str(v) for v in sorted(self.vcpus, key=lambda v: -1 if v is None else v)))
+        if self.keys is not None:
+            parts.append(f"{len(self.keys)} kinds")
+        return "filter: " + "; ".join(parts)
+
+    # --- rows ----------------------------------------------------------------------------------
+    def update_ctx(self, ctx: ViewCtx) -> None:
+        self.ctx = ctx
+        w = ctx.snap.events
+        if w is None:
+            return self.set_rows(0)
+        if not self.filtered:
+            self._seqs = None
+            self._start = w.start
+            n = len(w)
+        else:
+            if self._seqs is None or w.log is not self._log or self._end < 0:
+                self._log = w.log
+                self._seqs = w.select(self.keys, self._vcpu_set())
+            elif w.end > self._end:
+                self._seqs.extend(w.select(self.keys, self._vcpu_set(), since=self._end))
+            if self._seqs and self._seqs[0] < w.start:
+                del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
+            self._end = w.end
+            n = len(self._seqs)
+        self.set_rows(n, follow=True)
+
+    def _vcpu_set(self):
+        return None if self.vcpus is None else set(self.vcpus)
+
+    def seq_of(self, row: int) -> int | None:
+        if row is None or row < 0 or row >= self.rows:
+            return None
+        return self._seqs[row] if self._seqs is not None else self._start + row
+
+    def selected_seq(self) -> int | None:
+        return self.seq_of(self.cursor)
+
+    def select_seq(self, seq: int) -> None:
+        """Put the cursor on event `seq` (or the nearest one the filter shows)."""
+        if self._seqs is not None:
+            row = min(bisect.bisect_left(self._seqs, seq), self.rows - 1)
+        else:
+            row = seq - self._start
+        self.move_cursor(row)
+
+    def cursor_moved(self) -> None:
+        self.app.explain_seq(self.selected_seq())
+
+    def header(self, width: int) -> list[Text]:
+        ctx = self.ctx
+        w = ctx.snap.events
+        t = Text()
+        t.append(self.describe_filter(), style=self.st("accent") if self.filtered else self.st("dim"))
+        total = ctx.snap.event_count
+        t.append(f" · {self.rows:,} shown of {total:,}", style=self.st("dim"))
+        if w is not None and w.start:
+            t.append(f" (oldest {w.start:,} dropped)", style=self.st("dim"))
+        at_end = self.cursor is None or self.cursor >= self.rows - 1
+        t.append(" · following" if at_end else " · end: follow", style=self.st("dim"))
+        h = Text()
+        for txt, wd, right in (("#", 10, True), ("time", 13, True), (" cpu", 5, False), ("event", 26, False),
+                               ("details", 40, False)):
+            h.append(cell(txt, wd, self.st("head"), right))
+        return [t, h]
+
+    def render_row(self, i: int, width: int) -> Text:
+        ctx = self.ctx
+        seq = self.seq_of(i)
+        e = ctx.snap.events.get(seq)
+        if e is None:
+            return Text(f"{seq:>10,}  (dropped)", style=self.st("dim"))
+        from ...engine import event_key
+        key = event_key(e)
+        new = seq >= ctx.base.event_count
+        t = Text()
+        t.append(cell(f"{seq:,}", 10, self.st("dim"), right=True))
+        t.append(cell(f"{e.time:,}", 13, self.st("changed") if new else None, right=True))
+        t.append(cell("   -" if e.vcpu is None else f"   {e.vcpu}", 5,
+                      self.st("accent") if e.vcpu == ctx.vcpu else None))
+        st = _KIND_STYLE.get(key)
+        t.append(cell(key, 26, self.st(st) if st else None))
+        t.append(event_summary(e))
+        return t
