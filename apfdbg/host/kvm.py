@@ -56,6 +56,11 @@ class KvmHost:
         st = self.kvm.state(vcpu.index)
         return bool(st.done) and not self.kvm.can_inject_page_ready(vcpu.index)
 
+    def has_work(self, vcpu) -> bool:
+        """The 2010 kvm_arch_vcpu_runnable: a non-empty done list wakes a halted vCPU, even one
+        halted by the guest with IF=0 (it resumes after its hlt; the page-ready waits for IF)."""
+        return bool(self.kvm.state(vcpu.index).done)
+
     def on_interrupt_wake(self, vcpu) -> None:
         self.kvm.on_interrupt_wake(vcpu.index)
 

@@ -20,6 +20,8 @@ class Host(Protocol):
     """True if the host took care of it (async PF or halt); False: the machine stalls the vCPU."""
     def before_entry(self, vcpu: "VCpu") -> None: ...
     def wants_interrupt_window(self, vcpu: "VCpu") -> bool: ...
+    def has_work(self, vcpu: "VCpu") -> bool: ...
+    """True if the host makes a sleeping (hlt'ed or host-halted) `vcpu` runnable again."""
     """True if the host has an event for `vcpu` that waits only for it to accept interrupts."""
     def on_interrupt_wake(self, vcpu: "VCpu") -> None: ...
 
@@ -44,6 +46,9 @@ class NullHost:
         pass
 
     def wants_interrupt_window(self, vcpu) -> bool:
+        return False
+
+    def has_work(self, vcpu) -> bool:
         return False
 
     def on_interrupt_wake(self, vcpu) -> None:

@@ -46,7 +46,10 @@ class Image:
     elf: bytes | None = None  # the whole file, for DWARF readers later
 
     def __post_init__(self) -> None:
-        self.symbols.sort(key=lambda s: s.addr)
+        # At one address, a label (size 0, no type) sorts before a sized function, so lookup()
+        # (which takes the last symbol at or below an address) names the function.
+        rank = {"notype": 0, "object": 1, "func": 2}
+        self.symbols.sort(key=lambda s: (s.addr, s.size > 0, rank.get(s.kind, 0)))
         self._addrs = [s.addr for s in self.symbols]
         self._by_name = {s.name: s for s in self.symbols}
 

@@ -295,9 +295,12 @@ class VCpu:
         if state is State.RUNNING:
             return True
         if state is State.IDLE or state is State.APF_HALTED:
-            return self.pending is not None or (
-                self.apic.pending_vector() is not None and bool(self.rflags & RFLAGS_IF))
-        return False
+            if self.pending is not None or (
+                    self.apic.pending_vector() is not None and bool(self.rflags & RFLAGS_IF)):
+                return True
+        if state is State.STALLED or state is State.SHUTDOWN:
+            return False
+        return self.machine.host.has_work(self)
 
     def _triple_fault(self, first: int, second: int) -> None:
         self.pending = None
@@ -319,6 +322,11 @@ class VCpu:
                 return False
             if m._solo and m._woke_other:
                 return True  # another vCPU can run now: the lone turn ends here
+            state = self.state
+            if state is State.STALLED or state is State.SHUTDOWN:
+                return True  # blocked in the host: KVM would not enter the guest either
+            if state is not State.RUNNING and m.host.has_work(self):
+                self._wake("host work")  # e.g. a done async PF makes a halted vCPU runnable
             m.host.before_entry(self)
             if not self.wants_to_run():
                 return True

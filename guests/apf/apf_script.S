@@ -36,6 +36,8 @@
  *   OP_TIMER     a=count b=addr  x2APIC one-shot timer (vector 0x40, divide by 1): arm with
  *                initial count a (0 stops it); b != 0: the timer handler does `sti`, loads from b
  *                (into timer_val) and `cli` (a softirq touching memory with IF = 1)
+ *   OP_HLT                      `cli; hlt`: only something that makes the vCPU runnable without
+ *                an interrupt (in KVM: a non-empty async_pf.done) gets past it; r0 = TSC after
  */
     .include "testlib.inc"
 
@@ -61,7 +63,8 @@
     .set OP_MARK, 8
     .set OP_MODE, 9
     .set OP_TIMER, 10
-    .set N_OPS, 11
+    .set OP_HLT, 11
+    .set N_OPS, 12
 
     .set T_USER, 1
     .set T_IF, 2
@@ -223,6 +226,15 @@ op_spin:
     cli
     RDTSC64
     movq %rax, 8(%r13)
+    jmp op_done
+
+op_hlt:
+    cli
+    .globl hlt_if0
+hlt_if0:
+    hlt
+    RDTSC64
+    movq %rax, 0(%r13)
     jmp op_done
 
 op_wait_ready:
@@ -464,7 +476,7 @@ pf_out:
     .balign 8
 op_table:
     .quad op_end, op_wrmsr, op_rdmsr, op_cpuid, op_touch, op_touchlist, op_wait_ready
-    .quad op_spin, op_mark, op_mode, op_timer
+    .quad op_spin, op_mark, op_mode, op_timer, op_hlt
 
     .section .data
     .balign 64

@@ -184,8 +184,8 @@ void apf_task_wait(u32 token, struct trapframe *tf)
     n.cpu = (s32)c->index;
     n.dummy = 0;
     n.task = t;
-    /* Linux: idle, or preempt_count() > 1 (one level is the fault path's own).  Here the count
-     * does not include the fault itself, so > 0. */
+    /* Linux: idle, or preempt_count() > 1, tested while its bucket lock (one level) is held.
+     * refkernel's spinlocks do not count, so > 0. */
     n.halted = t == &c->idle || c->preempt_count > 0;
     hash_add(b, &n);
     spin_unlock(&b->lock);
