@@ -18,7 +18,7 @@ from .machine.config import MachineConfig
 from .machine.image import Image
 from .machine.machine import Machine, RunResult
 from .machine.vcpu import RFLAGS_IF, State
-from .scenario import Action, EventMatch, Scenario, parse_gfns
+from .scenario import ScenarioError, Action, EventMatch, Scenario, parse_gfns
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Snapshot:
     frames: int = 0                       # guest RAM frames
     profile: Any = None                   # apfdbg.kvm.profiles.Profile (frozen)
     error: str | None = None              # the engine stopped with this error
+    stop_event: int | None = None         # sequence number of the event the run stopped at
 
 
 def event_key(e) -> str:
@@ -209,6 +210,8 @@ class Engine:
             image, sc.machine, profile=sc.host.profile, seed=sc.host.seed,
             latency=sc.pager.latency, auto_pager=sc.pager.auto.config() if sc.pager.auto else None)
         self.kvm = self.machine.host.kvm
+        for poke in sc.poke:
+            self._poke(poke)
         self.log = EventLog()
         self.machine.sinks.append(self.log)
         self.machine.sinks.append(self._on_event)
@@ -245,6 +248,18 @@ class Engine:
         self._snapshot_key: tuple | None = None
         self._lock = threading.Lock()
         self.error: str | None = None
+
+    def _poke(self, poke) -> None:
+        addr = poke.at
+        if isinstance(addr, str):
+            sym = self.image.symbol(addr)
+            if sym is None:
+                raise ScenarioError(f"poke: the image has no symbol {addr!r}")
+            addr = sym.addr
+        data = poke.data()
+        if not self.machine.ram.contains(addr, len(data)):
+            raise ScenarioError(f"poke: {addr:#x}+{len(data)} is outside guest RAM")
+        self.machine.ram.write(addr, data)
 
     # --- commands (same effect from a scenario, the UI, or a test) -----------------------------
     def _schedule(self, action: Action, at: int) -> None:
@@ -424,6 +439,7 @@ class Engine:
             m.step(until=time_)
         if m.exit_requested:
             m.finish()
+            self._exited()
 
     def pump(self, max_insns: int | None = None) -> None:
         """Without an engine thread: run while the engine is set running (a step or a break clears
@@ -517,7 +533,7 @@ class Engine:
             counts=dict(m.counts), console=console[-200:], events=self.log.window(),
             stop_reason="" if running else self.stop_reason, speed=self.events_per_second,
             commands=self.commands_done, message=self.message, frames=m.ram.frames,
-            profile=self.kvm.profile, error=self.error)
+            profile=self.kvm.profile, error=self.error, stop_event=None if running else self.stop_event)
 
     def _task_of(self, v) -> str | None:
         """The guest's current task, when its symbols say: `current_task` is an array of one u64

@@ -172,6 +172,36 @@ class UiSection(_M):
     focus: str | None = None
 
 
+class Poke(_M):
+    """Guest memory the host writes before the first instruction (e.g. a guest's boot parameters)."""
+    at: int | str = Field(description="guest physical address, or a symbol of the image")
+    u32: list[int] | None = None
+    u64: list[int] | None = None
+    hex: str | None = Field(None, description="raw bytes as hex digits")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if sum(x is not None for x in (self.u32, self.u64, self.hex)) != 1:
+            raise ValueError("give exactly one of u32, u64, hex")
+        if self.hex is not None:
+            bytes.fromhex(self.hex)
+        for v in (self.u32 or []):
+            if not 0 <= v < 1 << 32:
+                raise ValueError(f"u32 value {v:#x} out of range")
+        for v in (self.u64 or []):
+            if not 0 <= v < 1 << 64:
+                raise ValueError(f"u64 value {v:#x} out of range")
+        return self
+
+    def data(self) -> bytes:
+        import struct
+        if self.u32 is not None:
+            return struct.pack(f"<{len(self.u32)}I", *self.u32)
+        if self.u64 is not None:
+            return struct.pack(f"<{len(self.u64)}Q", *self.u64)
+        return bytes.fromhex(self.hex or "")
+
+
 class Scenario(_M):
     name: str = ""
     description: str = ""
@@ -179,6 +209,7 @@ class Scenario(_M):
     machine: MachineConfig = Field(default_factory=MachineConfig)
     host: HostSection = Field(default_factory=HostSection)
     pager: PagerSection = Field(default_factory=PagerSection)
+    poke: list[Poke] = Field(default_factory=list)
     actions: list[Action] = Field(default_factory=list)
     expect: list[Expectation] = Field(default_factory=list)
     ui: UiSection = Field(default_factory=UiSection)

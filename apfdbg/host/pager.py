@@ -66,18 +66,22 @@ class AutoPager:
         self.m, self.cfg, self.rng = machine, cfg, rng
         self.eligible = sorted({g for lo, hi in cfg.frames for g in range(lo, hi + 1) if g < machine.ram.frames})
         self._order: dict[int, int] = {g: 0 for g in self.eligible}  # gfn -> time it came in
+        self._resident = {g for g in self.eligible if not machine.ram.is_swapped(g)}
         self._seq = 0
         machine.sinks.append(self._on_event)
         machine.timeline.schedule(machine.now + cfg.period, self._tick)
 
     def _on_event(self, e) -> None:
-        if e.kind == "page_in" and e.gfn in self._order:
+        kind = e.kind
+        if kind == "page_in" and e.gfn in self._order:
             self._seq += 1
             self._order[e.gfn] = self._seq
+            self._resident.add(e.gfn)
+        elif kind == "page_out":
+            self._resident.discard(e.gfn)
 
     def _tick(self) -> None:
-        ram = self.m.ram
-        resident = [g for g in self.eligible if not ram.is_swapped(g)]
+        resident = sorted(self._resident)
         excess = len(resident) - self.cfg.budget
         if excess > 0:
             if self.cfg.policy == "random":

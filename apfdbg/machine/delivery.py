@@ -20,7 +20,7 @@ FAULT_CLASS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20})
 class CpuView(Protocol):
     """What delivery needs from a vCPU (implemented by VCpu)."""
     def regs_for_delivery(self) -> tuple[int, int, int, int, int, int]: ...  # rip, rsp, rflags, cs, ss, cpl
-    def table(self, which: str) -> tuple[int, int]: ...                       # (base, limit) of "idt"/"gdt"/"tr"
+    def tables(self) -> dict[str, tuple[int, int]]: ...                       # (base, limit) of "idt"/"gdt"/"tr"
     def read_linear(self, va: int, size: int) -> bytes: ...                   # supervisor read, may raise AccessFault
     def check_writable(self, va: int, size: int) -> list[int]: ...            # gpas of a supervisor write, may raise
     def write_physical(self, gpa: int, data: bytes) -> None: ...
@@ -82,8 +82,8 @@ def _read(cpu: CpuView, va: int, size: int, ext: int) -> bytes:
         raise _linear_fault(e, False, ext) from None
 
 
-def _descriptor(cpu: CpuView, sel: int, ext: int) -> int:
-    base, limit = cpu.table("gdt")
+def _descriptor(cpu: CpuView, gdt: tuple[int, int], sel: int, ext: int) -> int:
+    base, limit = gdt
     if sel & 4 or (sel & ~7) + 7 > limit:  # LDTs are not modelled
         raise _Fault(EXC_GP, (sel & ~3) | ext)
     return struct.unpack("<Q", _read(cpu, base + (sel & ~7), 8, ext))[0]
@@ -95,7 +95,8 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     ext = 0 if software else 1
     rip, rsp, rflags, cs, ss, cpl = cpu.regs_for_delivery()
     old_rsp = rsp
-    idt_base, idt_limit = cpu.table("idt")
+    tables = cpu.tables()
+    idt_base, idt_limit = tables["idt"]
     idt_err = vector * 8 + 2 + ext
     if vector * 16 + 15 > idt_limit:
         raise _Fault(EXC_GP, idt_err)
@@ -111,7 +112,7 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     sel, ist = (lo >> 16) & 0xFFFF, (lo >> 32) & 7
     if sel & ~3 == 0:
         raise _Fault(EXC_GP, ext)
-    desc = _descriptor(cpu, sel, ext)
+    desc = _descriptor(cpu, tables["gdt"], sel, ext)
     dtype, s_bit, ddpl = (desc >> 40) & 0xF, (desc >> 44) & 1, (desc >> 45) & 3
     long_bit, default_big = (desc >> 53) & 1, (desc >> 54) & 1
     if not s_bit or not dtype & 8 or not long_bit or default_big or ddpl > cpl:
@@ -121,7 +122,7 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     new_cpl = cpl if dtype & 4 else ddpl
     new_ss, ss_desc, cpl_changes = ss, None, new_cpl != cpl
     if cpl_changes or ist:
-        tss_base, tss_limit = cpu.table("tr")
+        tss_base, tss_limit = tables["tr"]
         off = 36 + 8 * (ist - 1) if ist else 4 + 8 * new_cpl
         if off + 7 > tss_limit:
             raise _Fault(EXC_TS, 0 | ext)  # selector of the TSS; 0 is what is visible to most handlers
@@ -131,7 +132,7 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
     if cpl_changes:
         new_ss = new_cpl  # the null selector with RPL = new CPL
     elif ss & ~3:
-        ss_desc = _descriptor(cpu, ss, ext)
+        ss_desc = _descriptor(cpu, tables["gdt"], ss, ext)
     rsp &= ~0xF
     # A CPU (and KVM when it injects one) sets RF in the frame of a fault-class exception.
     pushed_flags = rflags & ~RF_RF

@@ -303,6 +303,20 @@ def _saved(uc: Uc) -> tuple[Layout, object, memoryview]:
     return lay, entry[0], entry[1]
 
 
+_TABLE_SLOTS = {"tr": 7, "gdt": 8, "idt": 9}  # after segs[6] QEMU keeps ldt, tr, gdt, idt
+
+
+def descriptor_tables(uc: Uc) -> dict[str, tuple[int, int]]:
+    """(base, limit) of the TR, GDTR and IDTR in one context read (the binding's tuple-register
+    reads cost ~2.5 us each; delivery needs all three)."""
+    lay, _ctx, b = _saved(uc)
+    out = {}
+    for name, slot in _TABLE_SLOTS.items():
+        off = lay.seg(slot)
+        out[name] = (struct.unpack_from("<Q", b, off + 8)[0], _u32(b, off + 16))
+    return out
+
+
 def _flush_tlb(uc: Uc) -> None:
     uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 

@@ -177,10 +177,11 @@ class VCpu:
         return (r(X.UC_X86_REG_RIP), r(X.UC_X86_REG_RSP), r(X.UC_X86_REG_RFLAGS),
                 r(X.UC_X86_REG_CS) & 0xFFFF, r(X.UC_X86_REG_SS) & 0xFFFF, ucstate.cpl(self.uc))
 
+    def tables(self) -> dict[str, tuple[int, int]]:
+        return ucstate.descriptor_tables(self.uc)
+
     def table(self, which: str) -> tuple[int, int]:
-        reg = {"idt": X.UC_X86_REG_IDTR, "gdt": X.UC_X86_REG_GDTR, "tr": X.UC_X86_REG_TR}[which]
-        _sel, base, limit, _flags = self.uc.reg_read(reg)
-        return base, limit
+        return self.tables()[which]
 
     def finish_delivery(self, rip, rsp, rflags, cs, cs_desc, ss, ss_desc, cpl_changes, cr2) -> None:
         uc = self.uc
@@ -419,7 +420,7 @@ class VCpu:
                 va = max(rip, page)
             else:
                 self._settle(rip)
-                va = fault_address(uc, self.peek(rip, 16) or b"", rip, page)
+                va = fault_address(self.reg, self.peek(rip, 16) or b"", rip, page)
             if f.kind == "host":
                 m.swapped_fault(self, f.gfn, va, f.access)
             elif f.kind == "guest":
@@ -530,7 +531,7 @@ class VCpu:
         """CPL <= IOPL, or the TSS I/O bitmap allows every byte (Unicorn's hooks skip the check)."""
         if self.cpl() <= (self.rflags >> 12) & 3:
             return True
-        _sel, base, limit, _fl = self.uc.reg_read(X.UC_X86_REG_TR)
+        base, limit = self.tables()["tr"]
         raw = self.peek(base + 102, 2)
         if raw is None:
             return False
@@ -595,7 +596,7 @@ class VCpu:
     def _on_iretq(self, uc, address, size, _ud) -> None:
         """Before an iretq: if the frame restores RF=1, have the block hook clear it once the
         next block starts (see docs/machine.md)."""
-        rsp = uc.reg_read(X.UC_X86_REG_RSP)
+        rsp = self.reg(X.UC_X86_REG_RSP)
         raw = self.peek(rsp + 16, 8)
         if raw is not None and int.from_bytes(raw, "little") & (1 << 16):
             self.accel.state.clear_rf = 1
