@@ -49,6 +49,7 @@ class AutoSection(_M):
     budget: int = Field(ge=0)
     period: int = Field(10_000, ge=1)
     policy: Literal["fifo", "random"] = "fifo"
+    until: int | None = Field(None, ge=0, description="stop paging out at this virtual time")
 
     @field_validator("frames")
     @classmethod
@@ -59,7 +60,7 @@ class AutoSection(_M):
     def config(self) -> AutoPagerConfig:
         gfns = sorted(set(parse_gfns(self.frames)))
         return AutoPagerConfig(frames=[(g, g) for g in gfns], budget=self.budget, period=self.period,
-                               policy=self.policy)
+                               policy=self.policy, until=self.until)
 
 
 class PagerSection(_M):

@@ -53,6 +53,7 @@ class AutoPagerConfig(_Cfg):
     budget: int = Field(ge=0)
     period: int = Field(10_000, ge=1)
     policy: Literal["fifo", "random"] = "fifo"
+    until: int | None = Field(None, ge=0, description="stop paging out at this virtual time")
 
 
 class AutoPager:
@@ -81,6 +82,8 @@ class AutoPager:
             self._resident.discard(e.gfn)
 
     def _tick(self) -> None:
+        if self.cfg.until is not None and self.m.now >= self.cfg.until:
+            return  # the pressure is over; frames come back as the guest touches them
         resident = sorted(self._resident)
         excess = len(resident) - self.cfg.budget
         if excess > 0:
