@@ -90,6 +90,8 @@ class Machine:
         self._solo = False        # the current turn is the only runnable vCPU's
         self._woke_other = False  # ... and it just made another one runnable: end the turn
         self.pause_requested = False
+        self.debugger = None      # apfdbg.machine.debug.Debugger, once one is attached
+        self.debug_stop = None    # why the last debug stop happened (DebugStop)
 
     # --- time -------------------------------------------------------------------------------
     @property

@@ -68,6 +68,9 @@ class VCpu:
         self._want_sites: list[tuple[int, str]] = []
         self._turn_base = 0      # accel.retired when the current emu_start began
         self._prefix_until: int | None = None  # run only up to here (see the fetch-fault case)
+        self._stepping: int | None = None      # RIP of the instruction a single step runs
+        self._bp_skip: int | None = None       # resume from a breakpoint: do not stop there again
+        self._watch_hit: tuple[int, int] | None = None  # (watchpoint id, address) to report
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -357,6 +360,54 @@ class VCpu:
                 self._prefix_until = None
         return True
 
+    def step(self) -> str:
+        """Execute exactly one instruction, or take the event due first and stop at its handler.
+
+        Returns "instruction", "event", or why nothing ran ("blocked", "idle", "exited")."""
+        acc, m = self.accel, self.machine
+        if m.exit_requested:
+            return "exited"
+        if self.state is State.STALLED or self.state is State.SHUTDOWN or self.state is State.STOPPED:
+            return "blocked"
+        if self.state is not State.RUNNING and m.host.has_work(self):
+            self._wake("host work")
+        m.host.before_entry(self)
+        if not self.wants_to_run():
+            return "idle"
+        injected = m.counts.get("inject", 0)
+        if not self.deliver_pending() or self.state is not State.RUNNING:
+            return "blocked"
+        if m.counts.get("inject", 0) != injected:
+            return "event"
+        st = acc.state
+        for _ in range(3):  # a first visit to a block may only install its exit hooks
+            rip = self.reg(X.UC_X86_REG_RIP)
+            st.irq_window_end = 0
+            st.budget_end = 2**64 - 1
+            acc.stop_reason = 0
+            self._exit = None
+            self._turn_base = acc.retired
+            self._stepping = rip
+            self._bp_skip = rip  # stepping off a breakpoint runs its instruction
+            err = None
+            try:
+                self.uc.emu_start(rip, 0, 0, 1)
+            except UcError as e:
+                err = e
+            try:
+                self._after_stop(err)
+            finally:
+                self._stepping = None
+                if self._bp_skip == rip:
+                    self._bp_skip = None
+            if acc.stop_reason != VcpuAccel.STOP_NEW_BLOCK or self._exit is not None:
+                break
+        if self._watch_hit is not None:
+            from .debug import DebugStop
+            (wid, address), self._watch_hit = self._watch_hit, None
+            m.debugger.hit(DebugStop("watchpoint", self.index, self.rip, wid, address))
+        return "instruction"
+
     def _arm_interrupt_window(self, end: int) -> None:
         """If an interrupt (or a host page-ready) waits only for IF=1, have the block hook stop at
         the first block entry where IF is 1, as a CPU takes it right after sti/popf/iret."""
@@ -398,6 +449,10 @@ class VCpu:
         exit_ = self._exit
         if reason in (VcpuAccel.STOP_BUDGET, VcpuAccel.STOP_IRQ_WINDOW) and exit_ is None:
             self._settle(-1)
+            if self._watch_hit is not None:
+                from .debug import DebugStop
+                (wid, address), self._watch_hit = self._watch_hit, None
+                m.debugger.hit(DebugStop("watchpoint", self.index, rip, wid, address))
             return
         if reason == VcpuAccel.STOP_NEW_BLOCK and exit_ is None:
             self._settle(-1)
@@ -446,6 +501,12 @@ class VCpu:
             elif kind == "syscall":
                 self._settle(rip)
                 self._syscall(rip)
+            elif kind == "debug":
+                what, point, address = exit_[1], exit_[2], exit_[3]
+                self._settle(rip)
+                self._bp_skip = rip
+                from .debug import DebugStop
+                m.debugger.hit(DebugStop(what, self.index, rip, point, address))
             elif kind == "io-gp":
                 self._settle(exit_[1])
                 uc.reg_write(X.UC_X86_REG_RIP, exit_[1])
@@ -465,9 +526,11 @@ class VCpu:
             self.state = State.SHUTDOWN
             m.request_exit(4, f"vCPU {self.index}: Unicorn stopped: {err}")
             return
-        # A plain return: the end of a prefix run, or the guest executed hlt.
+        # A plain return: the end of a prefix run, a single step, or the guest executed hlt.
         self._settle(rip)
         if self._prefix_until is not None and rip == self._prefix_until:
+            return
+        if self._stepping is not None and not (self._stepping == rip - 1 and self._byte_before(rip) == 0xF4):
             return
         if self._byte_before(rip) == 0xF4:
             if_on = bool(self.rflags & RFLAGS_IF)
@@ -592,6 +655,26 @@ class VCpu:
             self._want_block = (addr, size)
             return 0
         return info.icount or 1
+
+    def _on_breakpoint(self, uc, address, size, bp) -> None:
+        if self._bp_skip == address:  # resuming from this very breakpoint: run the instruction
+            self._bp_skip = None
+            return
+        if bp._check is not None and not bp._check(self):
+            return
+        bp.hits += 1
+        self._exit = ("debug", "breakpoint", bp.id, None)
+        uc.emu_stop()
+
+    def _on_watch(self, uc, access, address, size, value, wp) -> None:
+        # Stopping inside a memory hook leaves Unicorn half-way through the instruction (a call's
+        # push done, RIP still on the call), so stop at the next block entry instead.
+        if self._watch_hit is None:
+            wp.hits += 1
+            self._watch_hit = (wp.id, address)
+        st = self.accel.state
+        st.irq_window_end = 0
+        st.budget_end = 0
 
     def _on_iretq(self, uc, address, size, _ud) -> None:
         """Before an iretq: if the frame restores RF=1, have the block hook clear it once the

@@ -1,0 +1,166 @@
+"""Breakpoints, watchpoints and single steps: what a debugger front end (TUI, GDB stub) needs.
+
+A stop is a pause of the whole machine (machine.pause_requested) with `machine.debug_stop` saying
+why; resuming continues the interrupted turn, so a debugged run stays deterministic.
+"""
+from __future__ import annotations
+
+import ast
+import itertools
+import operator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+from unicorn import x86_const as X
+
+if TYPE_CHECKING:
+    from .machine import Machine
+    from .vcpu import VCpu
+
+REGS = {name.lower(): getattr(X, f"UC_X86_REG_{name}") for name in (
+    "RAX RBX RCX RDX RSI RDI RBP RSP R8 R9 R10 R11 R12 R13 R14 R15 RIP RFLAGS CR0 CR2 CR3 CR4 "
+    "CS SS DS ES FS GS FS_BASE GS_BASE").split()}
+
+
+@dataclass
+class Breakpoint:
+    id: int
+    addr: int
+    vcpu: int | None = None          # None: every vCPU
+    condition: str | None = None     # e.g. "rax == 5 and u64(rsp + 8) != 0"
+    hits: int = 0
+    _check: Callable | None = field(default=None, repr=False)
+
+
+@dataclass
+class Watchpoint:
+    id: int
+    addr: int
+    size: int
+    kind: str = "write"              # "write", "read", "access"
+    vcpu: int | None = None
+    hits: int = 0
+
+
+@dataclass(frozen=True)
+class DebugStop:
+    reason: str                      # "breakpoint", "watchpoint", "step", "event"
+    vcpu: int
+    rip: int
+    id: int | None = None            # breakpoint / watchpoint id
+    address: int | None = None       # watchpoint: the address accessed
+    detail: str = ""
+
+
+class ConditionError(ValueError):
+    pass
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+        ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.Mod: operator.mod,
+        ast.FloorDiv: operator.floordiv}
+_CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+        ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+def compile_condition(text: str) -> Callable[["VCpu"], bool]:
+    """A safe expression over registers (rax, rip, cr2, ...) and memory (u8/u16/u32/u64(addr))."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        raise ConditionError(f"condition {text!r}: {e.msg}") from None
+
+    def ev(n, cpu):
+        if isinstance(n, ast.Expression):
+            return ev(n.body, cpu)
+        if isinstance(n, ast.Constant) and isinstance(n.value, int):
+            return n.value
+        if isinstance(n, ast.Name) and n.id in REGS:
+            return cpu.reg(REGS[n.id])
+        if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
+            return _OPS[type(n.op)](ev(n.left, cpu), ev(n.right, cpu)) & (2**64 - 1)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not):
+            return not ev(n.operand, cpu)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+            return -ev(n.operand, cpu)
+        if isinstance(n, ast.BoolOp):
+            vals = (ev(v, cpu) for v in n.values)
+            return all(vals) if isinstance(n.op, ast.And) else any(vals)
+        if isinstance(n, ast.Compare):
+            left = ev(n.left, cpu)
+            for op, right in zip(n.ops, n.comparators):
+                r = ev(right, cpu)
+                if type(op) not in _CMP or not _CMP[type(op)](left, r):
+                    return False
+                left = r
+            return True
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and len(n.args) == 1
+                and n.func.id in ("u8", "u16", "u32", "u64")):
+            size = int(n.func.id[1:]) // 8
+            raw = cpu.peek(ev(n.args[0], cpu), size)
+            return int.from_bytes(raw, "little") if raw is not None else 0
+        raise ConditionError(f"condition {text!r}: {ast.dump(n)[:40]}... is not allowed "
+                             "(registers, numbers, u8..u64(addr), arithmetic, comparisons, and/or/not)")
+
+    ev(tree, _Probe())  # reject bad syntax now, not at the first hit
+    return lambda cpu: bool(ev(tree, cpu))
+
+
+class _Probe:
+    def reg(self, _rid):
+        return 0
+
+    def peek(self, _va, _size):
+        return None
+
+
+class Debugger:
+    def __init__(self, machine: "Machine") -> None:
+        self.m = machine
+        self.breakpoints: dict[int, Breakpoint] = {}
+        self.watchpoints: dict[int, Watchpoint] = {}
+        self._ids = itertools.count(1)
+        self._hooks: dict[int, list[tuple["VCpu", int]]] = {}
+        machine.debugger = self
+
+    # --- breakpoints --------------------------------------------------------------------------
+    def add_breakpoint(self, addr: int, vcpu: int | None = None, condition: str | None = None) -> Breakpoint:
+        bp = Breakpoint(next(self._ids), addr, vcpu, condition,
+                        _check=compile_condition(condition) if condition else None)
+        self.breakpoints[bp.id] = bp
+        hooks = []
+        for v in self.m.vcpus:
+            if vcpu is None or v.index == vcpu:
+                hooks.append((v, v.uc.hook_add(UC_HOOK_CODE, v._on_breakpoint, bp, addr, addr)))
+                v.uc.ctl_remove_cache(addr, addr + 1)  # translated code picks the hook up
+        self._hooks[bp.id] = hooks
+        return bp
+
+    def add_watchpoint(self, addr: int, size: int = 8, kind: str = "write",
+                       vcpu: int | None = None) -> Watchpoint:
+        if kind not in ("write", "read", "access"):
+            raise ValueError(f"watchpoint kind {kind!r}: write, read or access")
+        wp = Watchpoint(next(self._ids), addr, size, kind, vcpu)
+        self.watchpoints[wp.id] = wp
+        types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
+                 "access": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}[kind]
+        hooks = []
+        for v in self.m.vcpus:
+            if vcpu is None or v.index == vcpu:
+                hooks.append((v, v.uc.hook_add(types, v._on_watch, wp, addr, addr + size - 1)))
+                v.uc.ctl_flush_tb()
+        self._hooks[wp.id] = hooks
+        return wp
+
+    def remove(self, point_id: int) -> bool:
+        for v, h in self._hooks.pop(point_id, []):
+            v.uc.hook_del(h)
+            v.uc.ctl_flush_tb()
+        return (self.breakpoints.pop(point_id, None) or self.watchpoints.pop(point_id, None)) is not None
+
+    # --- stops ---------------------------------------------------------------------------------
+    def hit(self, stop: DebugStop) -> None:
+        self.m.debug_stop = stop
+        self.m.pause_requested = True
