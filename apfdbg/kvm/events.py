@@ -213,25 +213,7 @@ KVM_EVENT_TYPES: tuple[type[Event], ...] = (
     VcpuReset,
 )
 
-KvmEvent = Annotated[
-    Union[
-        TryAsyncGetPage,
-        AsyncPfNotPresent,
-        AsyncPfReady,
-        AsyncPfCompleted,
-        AsyncPfDoublefault,
-        SyncFault,
-        MsrWrite,
-        MsrRead,
-        Gp,
-        Halt,
-        Wake,
-        WakeupAll,
-        CompletionQueueCleared,
-        VcpuReset,
-    ],
-    Field(discriminator="kind"),
-]
+KvmEvent = Annotated[Union[KVM_EVENT_TYPES], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 #: Validates/parses any KVM event from a dict or JSON (``kvm_event_adapter.validate_json``).
 kvm_event_adapter: TypeAdapter[KvmEvent] = TypeAdapter(KvmEvent)
