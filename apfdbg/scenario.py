@@ -48,7 +48,7 @@ class AutoSection(_M):
     frames: str | list = Field(description="gfns the pager may swap out, e.g. '0x400-0x4ff'")
     budget: int = Field(ge=0)
     period: int = Field(10_000, ge=1)
-    policy: Literal["fifo", "random"] = "fifo"
+    policy: Literal["lru", "fifo", "random"] = "lru"
     until: int | None = Field(None, ge=0, description="stop paging out at this virtual time")
 
     @field_validator("frames")

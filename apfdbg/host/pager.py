@@ -52,15 +52,17 @@ class AutoPagerConfig(_Cfg):
     frames: list[tuple[int, int]] = Field(description="eligible gfn ranges, inclusive")
     budget: int = Field(ge=0)
     period: int = Field(10_000, ge=1)
-    policy: Literal["fifo", "random"] = "fifo"
+    policy: Literal["lru", "fifo", "random"] = "lru"
     until: int | None = Field(None, ge=0, description="stop paging out at this virtual time")
 
 
 class AutoPager:
     """Swaps eligible frames out whenever more than `budget` of them are resident.
 
-    `fifo` evicts the frame that has been resident longest (the host sees no accessed bits, so
-    this is what it can know); `random` picks uniformly with the run's seed.
+    `lru` evicts the frame least recently used, as the host sees use: each tick it reads and
+    clears the accessed bits of its own mappings (set by the TLB-fill hook; the TLBs are flushed
+    so the next access marks a frame again), as Linux ages pages by their accessed bits.
+    `fifo` evicts the frame resident longest; `random` picks uniformly with the run's seed.
     """
 
     def __init__(self, machine, cfg: AutoPagerConfig, rng: random.Random) -> None:
@@ -68,6 +70,7 @@ class AutoPager:
         self.eligible = sorted({g for lo, hi in cfg.frames for g in range(lo, hi + 1) if g < machine.ram.frames})
         self._order: dict[int, int] = {g: 0 for g in self.eligible}  # gfn -> time it came in
         self._resident = {g for g in self.eligible if not machine.ram.is_swapped(g)}
+        self._last_used: dict[int, int] = {g: 0 for g in self.eligible}
         self._seq = 0
         machine.sinks.append(self._on_event)
         machine.timeline.schedule(machine.now + cfg.period, self._tick)
@@ -85,10 +88,17 @@ class AutoPager:
         if self.cfg.until is not None and self.m.now >= self.cfg.until:
             return  # the pressure is over; frames come back as the guest touches them
         resident = sorted(self._resident)
+        if self.cfg.policy == "lru":
+            accessed, now = self.m.take_accessed(), self.m.now
+            for g in resident:
+                if accessed[g]:
+                    self._last_used[g] = now
         excess = len(resident) - self.cfg.budget
         if excess > 0:
             if self.cfg.policy == "random":
                 victims = self.rng.sample(resident, excess)
+            elif self.cfg.policy == "lru":
+                victims = sorted(resident, key=lambda g: (self._last_used[g], g))[:excess]
             else:
                 victims = sorted(resident, key=lambda g: (self._order[g], g))[:excess]
             self.m.page_out(victims)

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define APF_ABI_VERSION 3u
+#define APF_ABI_VERSION 4u
 #define APF_API __attribute__((visibility("default")))
 
 /* ---- Unicorn 2.1.4 definitions (unicorn.h, x86.h) ---------------------------------------- */
@@ -184,6 +184,10 @@ struct apf_vcpu {
      * show it, so the block hook clears it at that block's entry. -- */
     uint32_t clear_rf;
     apf_reg_read_fn reg_write; /* uc_reg_write (same signature) */
+    /* -- one byte per frame, shared: set when a TLB fill maps the frame for a guest access (the
+     * "accessed" bit of the host's own mapping, as EPT A bits); the host pager reads and clears
+     * them, then flushes the TLBs, to age frames for LRU. NULL: not tracked. -- */
+    uint8_t *frame_access;
 };
 
 /* No fill produces it (0 or CR3 | 1): makes the hot-path memo miss without losing cur_block_*. */
@@ -414,6 +418,8 @@ static inline int check_frame(struct apf_vcpu *v, uint64_t pa, uint64_t va, int 
         f->level = level;
         return APF_FAULT_HOST;
     }
+    if ((flags & APF_TR_SET_AD) && v->frame_access)
+        v->frame_access[pa >> 12] = 1;
     return 0;
 }
 
@@ -578,6 +584,7 @@ APF_API size_t apf_layout(uint64_t *out, size_t n)
         sizeof(struct apf_regs),
         offsetof(struct apf_vcpu, irq_window_end),
         offsetof(struct apf_vcpu, reg_write),
+        offsetof(struct apf_vcpu, frame_access),
     };
     size_t m = sizeof offs / sizeof offs[0];
     for (size_t i = 0; i < n && i < m; i++)

@@ -30,7 +30,7 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 from .faults import AccessFault, BadPhysical, GuestPageFault, HostSwapped, NonCanonical
 
 PAGE = 4096
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 # stop reasons (apf_vcpu.stop_reason)
 STOP_NONE = 0
@@ -121,6 +121,7 @@ class ApfVcpu(Structure):
         ("irq_window_skip", c_uint32),
         ("clear_rf", c_uint32),
         ("reg_write", c_void_p),
+        ("frame_access", c_void_p),
     ]
 
 
@@ -170,7 +171,7 @@ def _check_layout(lib: ctypes.CDLL) -> None:
         ApfVcpu.asid.offset, ApfVcpu.fault.offset, ctypes.sizeof(ApfFault),
         ApfVcpu.n_lookups.offset, ApfVcpu.ram.offset, ApfVcpu.uc.offset, ApfVcpu.miss.offset,
         ApfVcpu.tab.offset, ApfVcpu.tab_used.offset, ctypes.sizeof(ApfRegs),
-        ApfVcpu.irq_window_end.offset, ApfVcpu.reg_write.offset,
+        ApfVcpu.irq_window_end.offset, ApfVcpu.reg_write.offset, ApfVcpu.frame_access.offset,
     ]
     if list(out[:n]) != mine:
         raise ImportError(f"struct apf_vcpu layout mismatch: C {list(out[:n])} != ctypes {mine}")

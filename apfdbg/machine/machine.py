@@ -240,6 +240,14 @@ class Machine:
                 v.accel.flush_tlb()
         return done
 
+    def take_accessed(self) -> bytes:
+        """Which frames any vCPU mapped since the last call (one byte per frame), then start anew:
+        the host's accessed bits, for a pager that ages frames (LRU)."""
+        raw = self.ram.take_accessed()
+        for v in self.vcpus:
+            v.accel.flush_tlb()
+        return raw
+
     def page_in(self, gfn: int) -> None:
         if self.ram.is_swapped(gfn):
             self.ram.set_swapped(gfn, False)

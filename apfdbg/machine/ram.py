@@ -25,6 +25,9 @@ class GuestRAM:
         self.frames = size // PAGE
         self._state = (ctypes.c_uint8 * self.frames)()
         self.frame_state_ptr = ctypes.addressof(self._state)
+        # One byte per frame set by the C TLB-fill hook when a vCPU maps the frame (host "accessed").
+        self._access = (ctypes.c_uint8 * self.frames)()
+        self.frame_access_ptr = ctypes.addressof(self._access)
 
     # --- host swap state -------------------------------------------------------------------
     def is_swapped(self, gfn: int) -> bool:
@@ -39,6 +42,13 @@ class GuestRAM:
 
     def swapped_count(self) -> int:
         return self.frames - bytes(self._state).count(0)
+
+    def take_accessed(self) -> bytes:
+        """The host's accessed bits since the last call (one byte per frame), cleared. The caller
+        must flush the vCPUs' TLBs, or frames they still map are not marked again."""
+        raw = bytes(self._access)
+        ctypes.memset(self._access, 0, self.frames)
+        return raw
 
     # --- access -------------------------------------------------------------------------------
     def contains(self, gpa: int, size: int = 1) -> bool:

@@ -57,6 +57,7 @@ class VCpu:
         uc.ctl_set_exits([])
         self.accel = VcpuAccel.attach(uc, machine.ram.ptr, machine.ram.size,
                                       machine.ram.frame_state_ptr, self._block_miss)
+        self.accel.state.frame_access = machine.ram.frame_access_ptr
         self.apic = X2Apic(index, machine.timeline, machine, self._interrupt_arrived)
         self.state = State.RUNNING
         self.pending: PendingEvent | None = None
