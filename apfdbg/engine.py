@@ -244,6 +244,7 @@ class Engine:
         self.commands_done = 0
         self._last_fault_gfn: dict[int, int] = {}
         self._last_area: dict[int, int] = {}  # reason area of each vCPU (kept after a disable)
+        self._info_cache: dict = {}
         self._snapshot: Snapshot | None = None
         self._snapshot_key: tuple | None = None
         self._lock = threading.Lock()
@@ -265,8 +266,8 @@ class Engine:
     def _schedule(self, action: Action, at: int) -> None:
         def fire() -> None:
             self.apply(action)
-            if action.every:
-                self._schedule(action, self.machine.now + action.every)
+            if action.every:  # on a fixed grid (at, at + every, ...): no drift from late firing
+                self._schedule(action, at + action.every)
         self.machine.timeline.schedule(at, fire)
 
     def apply(self, a: Action) -> str:
@@ -304,9 +305,11 @@ class Engine:
             return (f"completed work #{w.serial} (token {w.token:#x}), the oldest of vCPU {a.vcpu}" if w
                     else f"vCPU {a.vcpu} has no work paging in")
         elif a.do == "complete_all":
-            ws = self.kvm.complete_all(a.vcpu)
+            flying = lambda: sum(len(self.kvm.state(i).in_flight) for i in self.kvm.vcpus)  # noqa: E731
+            before = flying()
+            self.kvm.complete_all(a.vcpu)
             where = f" of vCPU {a.vcpu}" if a.vcpu is not None else ""
-            return f"completed {len(ws)} work(s){where}"
+            return f"completed {before - flying()} work(s){where}"
         elif a.do == "wake_all":
             w = self.kvm.wake_all(a.vcpu)
             return (f"queued wake-all work #{w.serial} on vCPU {a.vcpu}" if w else
@@ -333,21 +336,31 @@ class Engine:
             self.machine.pause_requested = True
 
     def working_gfn(self, vcpu: int) -> int | None:
-        """The page `vcpu` works on: the first memory operand of the instruction at RIP, else the
-        page of its last swapped-frame fault (engine thread)."""
+        """The page `vcpu` works on: the first data page its next instructions touch (up to 16
+        instructions on from RIP, with the registers as they are now), else the page of its last
+        swapped-frame fault (engine thread)."""
         from .machine.faultaddr import candidates
         from .machine.faults import AccessFault, HostSwapped
         v = self.machine.vcpus[vcpu]
+        reg = getattr(v, "reg", None) or v.uc.reg_read
         try:
-            code = v.peek(v.rip, 16) or b""
-            for va, _size in candidates(v.uc, code, v.rip):
-                try:
-                    return v.accel.translate(va, "read", False, False) >> 12
-                except HostSwapped as e:
-                    return e.gfn
-                except AccessFault:
-                    continue
-        except Exception:
+            import capstone
+            rip = v.rip
+            code = v.peek(rip, 96) or v.peek(rip, 16) or b""
+            cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            for n, (addr, _size, mnem, ops) in enumerate(cs.disasm_lite(code, rip)):
+                if n >= 16:
+                    break
+                if "sp" in ops or mnem.startswith(("push", "pop", "call", "ret", "iret", "lea", "nop")):
+                    continue  # the stack is everyone's working page; look for data
+                for va, _sz in candidates(reg, code[addr - rip:], addr):
+                    try:
+                        return v.accel.translate(va, "read", False, False) >> 12
+                    except HostSwapped as e:
+                        return e.gfn
+                    except AccessFault:
+                        continue
+        except Exception:  # an instruction the decoder does not know: fall back
             pass
         return self._last_fault_gfn.get(vcpu)
 
@@ -510,7 +523,7 @@ class Engine:
         """Build a snapshot now (engine thread, or when nothing else runs the machine)."""
         m = self.machine
         views, areas = [], []
-        apf = self.kvm.snapshot()
+        apf = self._apf_snapshot()
         for v, st in zip(m.vcpus, apf):
             rip = v.rip
             views.append(VcpuView(
@@ -534,6 +547,39 @@ class Engine:
             stop_reason="" if running else self.stop_reason, speed=self.events_per_second,
             commands=self.commands_done, message=self.message, frames=m.ram.frames,
             profile=self.kvm.profile, error=self.error, stop_event=None if running else self.stop_event)
+
+    def _apf_snapshot(self) -> list:
+        """kvm.snapshot(), made cheap enough to take 20 times a second with hundreds of works: each
+        WorkInfo is reused while its work does not change, and the frozen snapshot models are built
+        without re-validating what the model already holds (same fields as VcpuApf.snapshot)."""
+        from .kvm.apf import VcpuApfSnapshot
+        try:
+            cache = self._info_cache
+            out = []
+            for i in sorted(self.kvm.vcpus):
+                st = self.kvm.vcpus[i]
+                entries = st.gfns.entries()
+                home = st.gfns.home
+                out.append(VcpuApfSnapshot.model_construct(
+                    index=st.index, profile=st.profile.name, msr_val=st.msr_val, msr=st.msr,
+                    enabled=st.enabled, send_user_only=st.send_user_only, area_gpa=st.area_gpa, id=st.id,
+                    next_token=st.next_token, halted=st.halted, queued=st.queued,
+                    queue=[self._info(w, cache) for w in st.queue], done=[self._info(w, cache) for w in st.done],
+                    gfns=entries, gfn_home=[None if e is None else home(e) for e in entries],
+                    gfn_distance=[None if e is None else (k - home(e)) & 63 for k, e in enumerate(entries)]))
+            if len(cache) > 20_000:
+                cache.clear()
+            return out
+        except AttributeError:  # the model changed shape: take its own (slower) snapshot
+            return self.kvm.snapshot()
+
+    @staticmethod
+    def _info(w, cache: dict):
+        key = (w.serial, w.state, w.token, w.completed_at, w.delivered_at, w.not_present, w.ready_token)
+        info = cache.get(key)
+        if info is None:
+            info = cache[key] = w.info()
+        return info
 
     def _task_of(self, v) -> str | None:
         """The guest's current task, when its symbols say: `current_task` is an array of one u64
