@@ -128,6 +128,22 @@ class Machine:
             self.exit_status = status
             self.exit_reason = reason
 
+    def request_pause(self) -> None:
+        """Pause soon, from any thread: the running vCPU stops at its next block entry (the C hook
+        reads its budget there) and the interrupted turn resumes, with the same budget, at the next
+        step(). Unlike step(until=...), this never changes the run."""
+        self.pause_requested = True
+        turn = self._turn
+        if turn is not None:
+            st = turn[0].accel.state
+            st.irq_window_end = 0
+            st.budget_end = 0
+
+    @property
+    def running_vcpu(self) -> VCpu | None:
+        """The vCPU whose turn is in progress (or was cut short by a pause)."""
+        return self._turn[0] if self._turn is not None else None
+
     def kick(self, vcpu: VCpu) -> None:
         """Something became pending for `vcpu` (it is looked at on its next turn)."""
         self._activity += 1

@@ -72,6 +72,7 @@ class VCpu:
         self._stepping: int | None = None      # RIP of the instruction a single step runs
         self._bp_skip: int | None = None       # resume from a breakpoint: do not stop there again
         self._watch_hit: tuple[int, int] | None = None  # (watchpoint id, address) to report
+        self._ran_free = False  # ran without Unicorn's count hook since the last single step
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
@@ -351,6 +352,7 @@ class VCpu:
             err = None
             if self._prefix_until is not None:
                 self.uc.ctl_set_exits([self._prefix_until])
+            self._ran_free = True
             try:
                 self.uc.emu_start(self.reg(X.UC_X86_REG_RIP), 0)
             except UcError as e:
@@ -381,6 +383,11 @@ class VCpu:
         if m.counts.get("inject", 0) != injected:
             return "event"
         st = acc.state
+        if self._ran_free:
+            # Unicorn adds its instruction-count hook without dropping code translated before,
+            # which then would not count: translate afresh for single steps.
+            self.uc.ctl_flush_tb()
+            self._ran_free = False
         for _ in range(3):  # a first visit to a block may only install its exit hooks
             rip = self.reg(X.UC_X86_REG_RIP)
             st.irq_window_end = 0

@@ -115,3 +115,47 @@ def test_debugged_run_gives_the_same_events(guest):
         m.finish()
         return events
     assert run(False) == run(True)
+
+
+def test_single_step_after_a_free_run(guest):
+    """Unicorn's count hook misses code translated before it: stepping after a run must still
+    stop after one instruction."""
+    m, d = _m(guest, "machine/memtouch", vcpus=1)
+    m.step(until=200_000)
+    v = m.vcpus[0]
+    for _ in range(5):
+        before = v.retired
+        assert v.step() == "instruction"
+        assert v.retired == before + 1
+
+
+def test_request_pause_from_another_thread_does_not_change_the_run(guest):
+    import threading
+    import time
+
+    def run(pausing):
+        m = Machine(load_image(guest("machine/memtouch")), MachineConfig(vcpus=2))
+        events = []
+        m.sinks.append(lambda e: events.append(e.model_dump_json()))
+        stop = threading.Event()
+
+        def nag():
+            while not stop.is_set():
+                time.sleep(0.001)
+                m.request_pause()
+        t = threading.Thread(target=nag)
+        if pausing:
+            t.start()
+        pauses = 0
+        while not m.exit_requested:
+            m.pause_requested = False
+            m.step()
+            pauses += 1
+        stop.set()
+        if pausing:
+            t.join()
+        m.finish()
+        return events, pauses
+    plain, _ = run(False)
+    paused, n = run(True)
+    assert n > 3 and paused == plain
