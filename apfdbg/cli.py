@@ -1,4 +1,11 @@
-"""`apfdbg` command line."""
+"""`apfdbg` command line.
+
+  apfdbg                                  the TUI on the bundled default guest and scenario
+  apfdbg IMAGE [--scenario FILE] [--theme NAME]   the TUI on any guest
+  apfdbg --tour                           the guided tour
+  apfdbg serve [--host H] [--port P] [TUI options]   the TUI in a browser (textual-serve)
+  apfdbg run IMAGE --headless [...]       no UI: console and summary on stdout
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +18,12 @@ from .machine.config import MachineConfig
 from .machine.image import ImageError, load_image
 from .machine.machine import EXIT_BAD_INPUT
 
-DEFAULT_GUEST = Path(__file__).resolve().parent.parent / "guests" / "machine" / "hello.elf"
+REPO = Path(__file__).resolve().parent.parent
+#: The guest `apfdbg` opens when neither the command line nor the scenario names one.  The demo guest
+#: stands in for the reference guest kernel (guests/refkernel/refkernel.elf) until that is finished;
+#: switching is this one line (and the pager frames in apfdbg/scenarios/default.toml and tour.toml).
+DEFAULT_GUEST = REPO / "guests" / "apfdemo" / "apfdemo.elf"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 def _int(s: str) -> int:
@@ -36,16 +48,146 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--entry", type=_int, default=None, help="flat binary: where to start")
     r.add_argument("--trace", default=None, metavar="FILE", help="write every event to FILE")
     r.add_argument("--trace-format", choices=("jsonl", "text"), default="jsonl")
+    r.add_argument("--gdb", default=None, metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (loopback unless HOST is given); implies --headless")
     return p
 
 
 EXIT_EXPECT_FAILED = 10
 
 
+def _machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vcpus", type=int, default=None)
+    p.add_argument("--ram", type=int, default=None, metavar="MIB")
+    p.add_argument("--quantum", type=int, default=None)
+    p.add_argument("--load-addr", type=_int, default=None, help="flat binary: where to load it")
+    p.add_argument("--entry", type=_int, default=None, help="flat binary: where to start")
+
+
+def build_tui_parser(prog: str = "apfdbg") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Terminal debugger and visualiser for KVM's "
+                                "paravirtual asynchronous page faults.",
+                                epilog="Other commands: 'apfdbg serve ...' (the TUI in a browser), "
+                                "'apfdbg run IMAGE --headless' (no UI).")
+    p.add_argument("image", nargs="?", help="guest image (default: the scenario's, else the bundled demo guest)")
+    p.add_argument("--scenario", default=None, metavar="FILE",
+                   help="TOML scenario (default: the bundled default.toml when no IMAGE is given)")
+    p.add_argument("--theme", default=None, metavar="NAME", help="UI theme (apf-night, apf-paper, apf-amber, "
+                   "any Textual theme, or a theme .toml file)")
+    p.add_argument("--tour", action="store_true", help="the guided tour")
+    p.add_argument("--paused", action="store_true", help="start paused")
+    p.add_argument("--speed", default=None, help="events per second, 'full' or 'key'")
+    _machine_options(p)
+    return p
+
+
+def _speed(s: str | None):
+    if s is None or s in ("full", "key"):
+        return s
+    try:
+        v = float(s)
+    except ValueError:
+        raise SystemExit(f"apfdbg: --speed: not a number, 'full' or 'key': {s!r}") from None
+    return int(v) if v == int(v) else v
+
+
+def _load(args, default_scenario: str | None):
+    """(engine, scenario) from parsed arguments; raises ImageError / ScenarioError / ValidationError."""
+    from .engine import Engine
+    from .scenario import Scenario, load_scenario
+    if args.scenario:
+        scenario = load_scenario(args.scenario)
+    elif default_scenario:
+        scenario = load_scenario(SCENARIOS / default_scenario)
+    else:
+        scenario = Scenario()
+    overrides = {k: v for k, v in (("vcpus", args.vcpus), ("ram_mib", args.ram), ("quantum", args.quantum),
+                                    ("max_insns", getattr(args, "max_insns", None))) if v is not None}
+    if overrides:
+        scenario = scenario.model_copy(update={"machine": MachineConfig(
+            **{**scenario.machine.model_dump(), **overrides})})
+    image_path = args.image
+    if image_path is None and scenario.image:
+        image_path = str(Path(scenario.base_dir) / scenario.image)
+    image = load_image(image_path or DEFAULT_GUEST, load_addr=args.load_addr, entry=args.entry)
+    return Engine(image, scenario), scenario
+
+
+def tui_main(argv: list[str]) -> int:
+    return _tui(build_tui_parser().parse_args(argv))
+
+
+def _tui(args) -> int:
+    from .scenario import ScenarioError
+    default = "tour.toml" if args.tour else ("default.toml" if args.image is None else None)
+    try:
+        engine, scenario = _load(args, default)
+    except (ImageError, ScenarioError) as e:
+        print(f"apfdbg: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"apfdbg: --{err['loc'][0]}: {err['msg']}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.tour and not scenario.tour:
+        print(f"apfdbg: --tour: scenario {args.scenario} has no [[tour]] steps", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from .ui.app import ApfApp
+    from .ui.themes import ThemeError
+    trace_file = None
+    if getattr(args, "trace", None):
+        from .trace import TraceWriter
+        try:
+            trace_file = open(args.trace, "w", encoding="utf-8")
+        except OSError as e:
+            print(f"apfdbg: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
+    try:
+        app = ApfApp(engine, theme=args.theme, tour=scenario.tour if args.tour else None,
+                     speed=_speed(args.speed), paused=True if args.paused else None)
+    except ThemeError as e:
+        print(f"apfdbg: --theme: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        app.run()
+    finally:
+        if trace_file:
+            trace_file.close()
+    return app.return_code or 0
+
+
+def serve_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="apfdbg serve", description="Serve the apfdbg TUI to web browsers "
+                                "(textual-serve): every browser tab gets its own apfdbg process.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--public-url", default=None, help="the URL browsers reach the server at, if not host:port")
+    args, rest = p.parse_known_args(argv)
+    build_tui_parser("apfdbg serve").parse_args(rest)  # fail here, not in every browser tab
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        print("apfdbg: serve needs the textual-serve package (pip install textual-serve)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    import shlex
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "apfdbg", *rest])
+    Server(command, host=args.host, port=args.port, title="apfdbg", public_url=args.public_url).serve()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        return serve_main(argv[1:])
+    if argv[:1] != ["run"]:
+        return tui_main(argv)
     args = build_parser().parse_args(argv)
-    if args.cmd != "run":
-        args = build_parser().parse_args(["run", "--headless"])
+    if args.gdb:
+        args.headless = True
+    if not args.headless:  # `apfdbg run IMAGE` without --headless: the TUI
+        args.theme, args.tour, args.paused, args.speed = None, False, False, None
+        return _tui(args)
     from .engine import Engine
     from .scenario import Scenario, ScenarioError, load_scenario
     try:
@@ -75,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.trace:
             trace_file = open(args.trace, "w", encoding="utf-8")
             engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
+        if args.gdb:
+            from .gdbstub.server import parse_listen, serve
+            host, port = parse_listen(args.gdb)
+            return serve(engine, host, port)
         res = run_headless(engine.machine)
     except KeyboardInterrupt:
         print("apfdbg: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ commands (run on the engine thread between vCPU turns) and reads immutable snaps
 from __future__ import annotations
 
 import bisect
+import gc
 import queue
 import threading
 import time
@@ -82,6 +83,7 @@ class EventLog:
     """
 
     CHUNK = 4096
+    FREEZE_EVERY = 65536
 
     def __init__(self, capacity: int = 1_000_000) -> None:
         self.capacity = max(capacity, self.CHUNK)
@@ -110,6 +112,10 @@ class EventLog:
         idx.append(seq)
         if seq + 1 - self.first > self.capacity + self.CHUNK:
             self._drop_oldest_chunk()
+        if not (seq + 1) % self.FREEZE_EVERY:
+            # The log holds up to a million immutable events: move them out of the garbage collector's
+            # sight, so full collections (which stop every thread) do not rescan them again and again.
+            gc.freeze()
 
     def _drop_oldest_chunk(self) -> None:
         c = self.first // self.CHUNK
@@ -333,7 +339,16 @@ class Engine:
             counted()
         else:
             self._commands.put(counted)
-            self.machine.pause_requested = True
+            self._request_pause()
+
+    def _request_pause(self) -> None:
+        """Have the machine return to the engine loop soon (mid-turn if need be; the turn resumes)."""
+        m = self.machine
+        rp = getattr(m, "request_pause", None)
+        if rp is not None:
+            rp()
+        else:
+            m.pause_requested = True
 
     def working_gfn(self, vcpu: int) -> int | None:
         """The page `vcpu` works on: the first data page its next instructions touch (up to 16
@@ -372,7 +387,7 @@ class Engine:
             self.stop_reason = reason
             self.stop_event = None
         self._running.clear()
-        self.machine.pause_requested = True
+        self._request_pause()
 
     def resume(self) -> None:
         self._break = None
@@ -408,12 +423,9 @@ class Engine:
         self._drive_sync()
 
     def step_instruction(self, vcpu: int) -> None:
-        """Run `vcpu` alone for one instruction, then pause.
-
-        The machine counts virtual time per basic block, so from the middle of a block this runs
-        to the block's end (the instructions it ran are reported); exits (MSR, I/O, faults) stop
-        it at once.  Timers due meanwhile fire on the next run.
-        """
+        """Run `vcpu` alone for exactly one instruction (VCpu.step: or, if an event is due first, its
+        delivery up to the handler's first instruction), then pause.  Timers due meanwhile fire on
+        the next run."""
         def go() -> None:
             m = self.machine
             v = m.vcpus[vcpu]
@@ -424,21 +436,24 @@ class Engine:
             m.pause_requested = False
             self._stepping = True
             try:
-                if not m.exit_requested:
-                    v.run(v.retired + 1)
+                if hasattr(v, "step"):
+                    what = v.step()
+                else:  # an older machine: its time runs per basic block
+                    what = "instruction" if not m.exit_requested and v.run(v.retired + 1) else "blocked"
             finally:
                 self._stepping = False
             n = v.retired - before
-            state = v.state.value
-            if n == 0 and v.rip == rip:
-                why = f"vCPU {vcpu} is {state}: nothing ran" if state != "running" else f"vCPU {vcpu}: nothing ran"
+            where = f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}"
+            if what == "event":
+                why = f"vCPU {vcpu} took an event: {where}"
+            elif n == 0 and v.rip == rip:
+                why = f"vCPU {vcpu} is {v.state.value}: nothing ran ({what})"
             else:
-                why = (f"vCPU {vcpu} stepped {n} instruction{'s' if n != 1 else ''}: "
-                       f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}")
+                why = f"vCPU {vcpu} stepped {n} instruction{'s' if n != 1 else ''}: {where}"
             self.stop_reason = why
             self.message = why
             self.stop_event = None
-            m.pause_requested = True
+            self._request_pause()
         self.command(go)
 
     # --- synchronous driving (tests, screenshots, no engine thread) ---------------------------
@@ -463,7 +478,7 @@ class Engine:
         limit = m.now + (max_insns or self.SYNC_LIMIT)
         while self._running.is_set() and not m.exit_requested and m.now < limit:
             m.pause_requested = False
-            m.step(until=min(limit, m.now + 50_000))
+            m.step(until=limit)
         if m.exit_requested:
             m.finish()
             self._exited()
@@ -478,6 +493,8 @@ class Engine:
     def _on_event(self, e) -> None:
         if e.kind == "swapped_fault":
             self._last_fault_gfn[e.vcpu] = e.gfn
+        elif e.kind == "msr_write" and e.handler == "kvm" and e.result == "ok" and e.value & 1:
+            self._last_area[e.vcpu] = e.value & ~0x3F   # the reason area, remembered across a disable
         if self._stepping:
             return
         if self._break is not None:
@@ -489,13 +506,13 @@ class Engine:
             if not self._step_events:
                 self._stop_run(f"stepped to event #{self.log.total - 1:,} ({event_key(e)})", self.log.total - 1)
         elif self.events_per_second and is_paced(e):
-            self.machine.pause_requested = True  # pace: one group of events per slice
+            self._request_pause()  # pace: one group of events per slice
 
     def _stop_run(self, reason: str, seq: int | None = None) -> None:
         self._break = None
         self._step_events = 0
         self._running.clear()
-        self.machine.pause_requested = True
+        self._request_pause()
         self.stop_reason = reason
         self.stop_event = seq
 
@@ -644,18 +661,30 @@ class Engine:
     def stop(self) -> None:
         self._quit = True
         self._running.set()
-        self.machine.pause_requested = True
+        self._request_pause()
         if self._thread:
             self._thread.join(timeout=5)
         self._thread = None
 
+    def _ticker(self) -> None:
+        """Wall-clock slices for the engine thread, so the UI sees fresh snapshots."""
+        while not self._quit:
+            time.sleep(0.02)
+            if self._in_step:
+                self.machine.request_pause()
+
     def _loop(self) -> None:
         m = self.machine
+        self._in_step = False
+        threading.Thread(target=self._ticker, name="apfdbg-ticker", daemon=True).start()
         last_snap = 0.0
         try:
             while not self._quit:
-                while not self._commands.empty():
-                    self._commands.get_nowait()()
+                if not self._commands.empty():
+                    while not self._commands.empty():
+                        self._commands.get_nowait()()
+                    self._publish()          # show the command's effect now, not at the next tick
+                    last_snap = time.monotonic()
                 if not self._running.is_set() or m.exit_requested:
                     if m.exit_requested and not m._finished:
                         m.finish()
@@ -666,14 +695,20 @@ class Engine:
                     if m.exit_requested and self._running.is_set() and self._commands.empty():
                         time.sleep(0.05)
                     continue
+                # Run until a pause: the ticker thread asks for one every 20 ms of wall time. A
+                # pause resumes the interrupted turn, so the run is the same as a headless one
+                # (slicing with step(until=...) would end turns early and change it).
                 m.pause_requested = False
-                slice_end = time.monotonic() + 0.02
-                while time.monotonic() < slice_end and not m.pause_requested and not m.exit_requested:
-                    m.step(until=m.now + 50_000)
+                self._in_step = True
+                try:
+                    m.step()
+                finally:
+                    self._in_step = False
                 if m.exit_requested:
                     m.finish()
                     self._exited()
-                if self.events_per_second and self._running.is_set():
+                if self.events_per_second and self._running.is_set() and self._break is None \
+                        and not self._step_events:  # pace free runs only: breaks and steps go at full speed
                     self._publish()
                     last_snap = time.monotonic()
                     time.sleep(1.0 / self.events_per_second)

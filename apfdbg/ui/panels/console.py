@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import bisect
 
-from rich.text import Text
-
-from ..base import Panel, ViewCtx, cell
+from ..base import Panel, Row, ViewCtx
 
 
 class ConsolePanel(Panel):
@@ -35,12 +33,15 @@ class ConsolePanel(Panel):
             del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
         self.set_rows(len(self._seqs), follow=True)
 
-    def render_row(self, i: int, width: int) -> Text:
+    def row_key(self, i: int):
+        return (self._seqs[i], self.ctx.vcpu)
+
+    def render_row(self, i: int, width: int) -> Row:
         e = self.ctx.snap.events.get(self._seqs[i])
         if e is None:
-            return Text("(dropped)", style=self.st("dim"))
-        t = Text()
-        t.append(cell(f"{e.time:,}", 12, self.st("dim"), right=True))
-        t.append(f" [{e.vcpu}] ", style=self.st("accent") if e.vcpu == self.ctx.vcpu else self.st("dim"))
-        t.append(e.text.rstrip("\n"))
-        return t
+            return Row("(dropped)", self.st("dim"))
+        r = Row()
+        r.cell(f"{e.time:,}", 12, self.st("dim"), right=True)
+        r.add(f" [{e.vcpu}] ", self.st("accent") if e.vcpu == self.ctx.vcpu else self.st("dim"))
+        r.add(e.text.rstrip("\n"))
+        return r

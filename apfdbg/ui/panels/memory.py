@@ -2,10 +2,11 @@
 to page out."""
 from __future__ import annotations
 
-from rich.text import Text
+from bisect import bisect_left
+
 from textual.binding import Binding
 
-from ..base import Panel, ViewCtx
+from ..base import Panel, Row, ViewCtx
 
 GLYPH_SWAPPED = "█"
 GLYPH_FLIGHT = "▒"
@@ -36,10 +37,13 @@ class MemoryPanel(Panel):
         self._swapped: frozenset[int] = frozenset()
         self._flight: frozenset[int] = frozenset()
         self._base_swapped: frozenset[int] = frozenset()
+        self._base_snap = None
         self._waiters: dict[int, str] = {}
+        self._version = 0
+        self._placed = False
 
     def per_row(self) -> int:
-        avail = self.scrollable_content_region.width - 10
+        avail = self.content_width() - 10
         w = 16
         while w * 2 <= avail and w < 128:
             w *= 2
@@ -48,10 +52,14 @@ class MemoryPanel(Panel):
     def update_ctx(self, ctx: ViewCtx) -> None:
         self.ctx = ctx
         snap = ctx.snap
-        if snap.swapped is not ctx.base.swapped:
+        if ctx.base is not self._base_snap:
+            self._base_snap = ctx.base
             self._base_swapped = frozenset(ctx.base.swapped)
-        self._swapped = frozenset(snap.swapped)
-        self._flight = frozenset(snap.in_flight)
+            self._version += 1
+        swapped, flight = frozenset(snap.swapped), frozenset(snap.in_flight)
+        if swapped != self._swapped or flight != self._flight:
+            self._swapped, self._flight = swapped, flight
+            self._version += 1
         self._waiters = {}
         for a in snap.apf:
             for w in a.queue:
@@ -63,82 +71,105 @@ class MemoryPanel(Panel):
         if self.gfn is None:
             self.gfn = min(snap.swapped) if snap.swapped else min(0x100, snap.frames - 1)
         self.set_rows(-(-snap.frames // self.per_row()))
+        if not self._placed and self.content_region.height > 0:
+            self._placed = True
+            self._scroll_to_gfn(center=True)
 
-    def on_resize(self) -> None:
-        if self.ctx is not None:
-            self.rows = -(-self.ctx.snap.frames // self.per_row())
-        super().on_resize()
-        self._scroll_to_gfn()
+    def relayout(self) -> None:
+        self.rows = -(-self.ctx.snap.frames // self.per_row())
 
-    def header(self, width: int) -> list[Text]:
-        snap = self.ctx.snap
-        t = Text()
-        t.append(f"{GLYPH_SWAPPED} swapped {len(self._swapped)}", style=self.st("swapped"))
-        t.append(f"  {GLYPH_FLIGHT} in flight {len(self._flight)}", style=self.st("inflight"))
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        self._scroll_to_gfn(center=True)
+
+    def header(self, width: int) -> list[Row]:
+        t = Row()
+        t.add(f"{GLYPH_SWAPPED} out {len(self._swapped)}", self.st("swapped"))
+        t.add(f" {GLYPH_FLIGHT} in flight {len(self._flight)}", self.st("inflight"))
         if self.pool:
-            t.append(f"  {GLYPH_POOL} pager's {len(self.pool)}", style=self.st("eligible"))
-        t.append(f"  {GLYPH_RES} resident", style=self.st("dim"))
-        c = Text()
+            t.add(f" {GLYPH_POOL} pager's {len(self.pool)}", self.st("eligible"))
+        t.add(f" {GLYPH_RES} resident", self.st("dim"))
+        c = Row()
         g = self.gfn
         if g is not None:
-            c.append(f"▸ gfn {g:#x} (gpa {g << 12:#x}): ", style=self.st("accent"))
+            c.add(f"▸ gfn {g:#x} (gpa {g << 12:#x}): ", self.st("accent"))
             if g in self._flight:
-                c.append("page-in in flight", style=self.st("inflight"))
+                c.add("page-in in flight", self.st("inflight"))
             elif g in self._swapped:
-                c.append("swapped out", style=self.st("swapped"))
+                c.add("swapped out", self.st("swapped"))
             else:
-                c.append("resident")
+                c.add("resident")
             if g in self._waiters:
-                c.append(f" · {self._waiters[g]}", style=self.st("dim"))
-            c.append(" · o pages it out", style=self.st("hint"))
+                c.add(f" · {self._waiters[g]}", self.st("dim"))
+            c.add(" · o: page out", self.st("hint"))
         lines = [t, c]
         if not self._swapped and not self.pool:
-            lines.append(Text("Nothing swapped out. Move with the arrows and press o to page a frame out, "
-                              "w for the focused vCPU's working page, R for random frames.", style=self.st("hint")))
+            lines.append(Row("Nothing swapped out. Move with the arrows and press o to page a frame out, "
+                             "w for the selected vCPU's working page, R for random frames.", self.st("hint")))
         return lines
 
-    def render_row(self, r: int, width: int) -> Text:
+    def row_key(self, r: int):
+        """What row `r` shows: the swapped / in-flight frames in it now and at the baseline (slices of
+        sorted lists, so a row whose frames did not change keeps its strip)."""
+        per = self.per_row()
+        lo, hi = r * per, (r + 1) * per
+        cur = self.gfn if self.gfn is not None and lo <= self.gfn < hi else None
+
+        def part(xs):
+            return tuple(xs[bisect_left(xs, lo):bisect_left(xs, hi)])
+        snap, base = self.ctx.snap, self.ctx.base
+        return (r, per, part(snap.swapped), part(snap.in_flight), part(base.swapped), cur)
+
+    def render_row(self, r: int, width: int) -> Row:
         per = self.per_row()
         first = r * per
         frames = self.ctx.snap.frames
-        t = Text(f"{first:#07x} ", style=self.st("dim"))
+        row = Row(f"{first:#07x} ", self.st("dim"))
         sw, fl, pool, base = self._swapped, self._flight, self.pool, self._base_swapped
         cur = self.gfn
-        styles = {k: self.st(k) for k in ("swapped", "inflight", "eligible", "dim", "changed", "cursor")}
+        st = {k: self.st(k) for k in ("swapped", "inflight", "eligible", "dim", "changed", "cursor")}
+        run, run_style = [], None
         for g in range(first, min(first + per, frames)):
             if g in fl:
-                ch, st = GLYPH_FLIGHT, styles["inflight"]
+                ch, s = GLYPH_FLIGHT, st["inflight"]
             elif g in sw:
-                ch, st = GLYPH_SWAPPED, styles["swapped"]
+                ch, s = GLYPH_SWAPPED, st["swapped"]
             elif g in pool:
-                ch, st = GLYPH_POOL, styles["eligible"]
+                ch, s = GLYPH_POOL, st["eligible"]
             else:
-                ch, st = GLYPH_RES, styles["dim"]
+                ch, s = GLYPH_RES, st["dim"]
             if (g in sw) != (g in base):
-                st = st + styles["changed"]
+                s = s + st["changed"]
             if g == cur:
-                st = st + styles["cursor"]
-            t.append(ch, style=st)
-        return t
+                s = s + st["cursor"]
+            if s is not run_style and run:
+                row.add("".join(run), run_style)
+                run = []
+            run.append(ch)
+            run_style = s
+        if run:
+            row.add("".join(run), run_style)
+        return row
 
     # --- cursor ---------------------------------------------------------------------------------
     def _set_gfn(self, g: int) -> None:
         if self.ctx is None:
             return
-        g = max(0, min(self.ctx.snap.frames - 1, g))
-        self.gfn = g
+        self.gfn = max(0, min(self.ctx.snap.frames - 1, g))
         self.invalidate()
         self._scroll_to_gfn()
 
-    def _scroll_to_gfn(self) -> None:
+    def _scroll_to_gfn(self, center: bool = False) -> None:
         if self.gfn is None or not self.rows:
             return
         row = self.gfn // self.per_row()
-        top, h = int(self.scroll_y), self.body_height()
-        if row < top:
-            self.scroll_to(y=row, animate=False, immediate=True)
-        elif row >= top + h:
-            self.scroll_to(y=row - h + 1, animate=False, immediate=True)
+        h = self.body_height()
+        if center:
+            self.scroll_to_row(row - h // 3)
+        elif row < self.top:
+            self.scroll_to_row(row)
+        elif row >= self.top + h:
+            self.scroll_to_row(row - h + 1)
 
     def action_move(self, d: int) -> None:
         self._set_gfn((self.gfn or 0) + d)
@@ -160,7 +191,7 @@ class MemoryPanel(Panel):
     def on_click(self, event) -> None:
         if self.ctx is None:
             return
-        row = int(self.scroll_y) + event.y - self.header_height()
+        row = self.top + event.y - self.header_height()
         col = event.x - 8
         if row >= 0 and 0 <= col < self.per_row():
             self._set_gfn(row * self.per_row() + col)

@@ -1,9 +1,9 @@
 """MSR accesses: every RDMSR/WRMSR with time, vCPU, MSR, value decoded field by field, result."""
 from __future__ import annotations
 
-from rich.text import Text
+import bisect
 
-from ..base import Panel, ViewCtx, cell
+from ..base import Panel, Row, ViewCtx
 from ..fmt import MSR_APF, apf_fields, msr_name
 
 
@@ -20,20 +20,19 @@ class MsrPanel(Panel):
         super().__init__()
         self._seqs: list[int] = []
         self._end = 0
-        self._window_log = None
+        self._log = None
 
     def update_ctx(self, ctx: ViewCtx) -> None:
         self.ctx = ctx
         w = ctx.snap.events
         if w is None:
             return self.set_rows(0)
-        if w.log is not self._window_log:
-            self._window_log, self._seqs, self._end = w.log, [], w.start
+        if w.log is not self._log:
+            self._log, self._seqs, self._end = w.log, [], w.start
         if w.end > self._end:
             self._seqs.extend(w.select(("msr_read", "msr_write"), since=self._end))
             self._end = w.end
         if self._seqs and self._seqs[0] < w.start:
-            import bisect
             del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
         self.set_rows(len(self._seqs), follow=True)
 
@@ -43,34 +42,40 @@ class MsrPanel(Panel):
     def cursor_moved(self) -> None:
         self.app.explain_seq(self.selected_seq())
 
-    def header(self, width: int) -> list[Text]:
-        h = self.st("head")
-        t = Text()
-        for txt, w, right in (("time", 12, True), (" cpu", 5, False), ("op", 3, False), ("MSR", 17, False),
-                              ("value", 19, False), ("fields / result", 40, False)):
-            t.append(cell(txt, w, h, right))
-        return [t]
+    def header(self, width: int) -> list[Row]:
+        r = Row()
+        for txt, w, right in (("time", 11, True), (" cpu", 5, False), ("op", 3, False), ("MSR", 16, False),
+                              ("value", 11, False), ("fields, result", 40, False)):
+            r.cell(txt, w, self.st("head"), right)
+        return [r]
 
-    def render_row(self, i: int, width: int) -> Text:
+    def row_key(self, i: int):
+        seq = self._seqs[i]
+        return (seq, seq >= self.ctx.base.event_count)
+
+    def render_row(self, i: int, width: int) -> Row:
         ctx = self.ctx
         seq = self._seqs[i]
         e = ctx.snap.events.get(seq)
         if e is None:
-            return Text("(dropped from the log)", style=self.st("dim"))
-        new = seq >= ctx.base.event_count
-        t = Text()
-        t.append(cell(f"{e.time:,}", 12, self.st("changed") if new else None, right=True))
-        t.append(cell(f"  {e.vcpu}", 5))
-        t.append(cell("W" if e.kind == "msr_write" else "R", 3, self.st("accent") if e.kind == "msr_write" else None))
+            return Row("(dropped from the log)", self.st("dim"))
+        r = Row()
+        r.cell(f"{e.time:,}", 11, self.st("changed") if seq >= ctx.base.event_count else None, right=True)
+        r.cell(f"  {e.vcpu}", 5)
+        write = e.kind == "msr_write"
+        r.cell("W" if write else "R", 3, self.st("accent") if write else None)
         apf = e.index == MSR_APF
-        t.append(cell(msr_name(e.index), 17, self.st("accent") if apf else None))
-        t.append(cell(f"{e.value:#x}", 19))
+        r.cell(msr_name(e.index), 16, self.st("accent") if apf else None)
+        value = f"{e.value:#x}"
+        r.cell(value, 11 if len(value) <= 10 else 19)
         if apf:
             for k, v, note in apf_fields(e.value, ctx.snap.profile):
-                t.append(f"{k}=", style=self.st("dim"))
-                t.append(f"{v} ", style=self.st("warn") if note else None)
+                if k == "rsvd" and not note:
+                    continue
+                r.add(f"{k}=", self.st("dim"))
+                r.add(f"{v} ", self.st("warn") if note else None)
         if e.result == "gp":
-            t.append(f" #GP: {e.reason}", style=self.st("bad"))
+            r.add(f" #GP: {e.reason}", self.st("bad"))
         elif e.reason:
-            t.append(f" {e.reason}", style=self.st("good"))
-        return t
+            r.add(f" {e.reason}", self.st("good"))
+        return r

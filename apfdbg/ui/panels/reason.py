@@ -1,9 +1,7 @@
 """Guest reason memory: each vCPU's 64-byte area as a hexdump, the reason field decoded."""
 from __future__ import annotations
 
-from rich.text import Text
-
-from ..base import Panel, ViewCtx
+from ..base import Panel, Row, ViewCtx
 from ..fmt import REASONS
 
 LINES_PER_VCPU = 5
@@ -13,13 +11,22 @@ class ReasonPanel(Panel):
     PANEL_ID = "reason"
     TITLE = "Guest reason memory"
     KEY = "5"
+    order: list[int] = []
 
     def update_ctx(self, ctx: ViewCtx) -> None:
         self.ctx = ctx
         self.order = sorted(range(len(ctx.snap.vcpus)), key=lambda i: (i != ctx.vcpu, i))
         self.set_rows(len(self.order) * LINES_PER_VCPU)
 
-    def render_row(self, i: int, width: int) -> Text:
+    def row_key(self, i: int):
+        ctx = self.ctx
+        k, line = divmod(i, LINES_PER_VCPU)
+        vi = self.order[k]
+        base = ctx.base.reason_areas[vi] if vi < len(ctx.base.reason_areas) else None
+        a = ctx.snap.apf[vi]
+        return (vi, line, ctx.snap.reason_areas[vi], base, vi == ctx.vcpu, a.area_gpa, a.enabled)
+
+    def render_row(self, i: int, width: int) -> Row:
         ctx = self.ctx
         k, line = divmod(i, LINES_PER_VCPU)
         vi = self.order[k]
@@ -27,31 +34,26 @@ class ReasonPanel(Panel):
         base_area = ctx.base.reason_areas[vi] if vi < len(ctx.base.reason_areas) else area
         apf = ctx.snap.apf[vi]
         if line == 0:
-            t = Text()
-            t.append(f"{'▶' if vi == ctx.vcpu else ' '} vCPU {vi} ", style=self.st("accent"))
+            r = Row(f"{'▶' if vi == ctx.vcpu else ' '} vCPU {vi} ", self.st("accent"))
             if area is None:
-                t.append("no area: APF not enabled (the guest writes its area's GPA | 1 to "
-                         "MSR_KVM_ASYNC_PF_EN)", style=self.st("hint"))
-                return t
-            gpa = apf.area_gpa if apf.enabled else None
+                r.add("no area yet: APF off (the guest writes GPA|1 to MSR 0x4b564d02)", self.st("hint"))
+                return r
             reason = int.from_bytes(area[:4], "little")
-            t.append(f"area {gpa:#x}  " if gpa is not None else "area (APF now off)  ", style=self.st("dim"))
-            t.append("reason = ")
+            r.add(f"area {apf.area_gpa:#x}  " if apf.enabled else "area (APF now off)  ", self.st("dim"))
+            r.add("reason = ")
             changed = base_area is None or area[:4] != base_area[:4]
-            st = self.st("changed") if changed else (self.st("warn") if reason else None)
-            t.append(f"{reason} {REASONS.get(reason, '?')}", style=st)
+            r.add(f"{reason} {REASONS.get(reason, '?')}",
+                  self.st("changed") if changed else (self.st("warn") if reason else None))
             if changed:
-                t.append("  (changed)", style=self.st("dim"))
-            return t
+                r.add("  (changed)", self.st("dim"))
+            return r
         if area is None:
-            return Text("")
+            return Row()
         off = (line - 1) * 16
-        gpa = (apf.area_gpa if apf.enabled else 0) + off
-        t = Text(f"  +{off:02x} ", style=self.st("dim"))
+        r = Row(f"  +{off:02x} ", self.st("dim"))
         for j in range(16):
             b = area[off + j]
-            changed = base_area is None or base_area[off + j] != b
-            if changed:
+            if base_area is None or base_area[off + j] != b:
                 st = self.st("changed")
             elif off + j < 4:
                 st = self.st("accent")
@@ -59,7 +61,8 @@ class ReasonPanel(Panel):
                 st = self.st("dim")
             else:
                 st = None
-            t.append(f"{b:02x}", style=st)
-            t.append(" " if j != 7 else "  ")
-        t.append(" " + "".join(chr(c) if 32 <= c < 127 else "." for c in area[off:off + 16]), style=self.st("dim"))
-        return t
+            r.add(f"{b:02x}", st)
+            r.add(" " if j != 7 else "  ")
+        if width >= 72:
+            r.add(" " + "".join(chr(c) if 32 <= c < 127 else "." for c in area[off:off + 16]), self.st("dim"))
+        return r

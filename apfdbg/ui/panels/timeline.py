@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import bisect
 
-from rich.text import Text
-
-from ..base import Panel, ViewCtx, cell
+from ...engine import event_key
+from ..base import Panel, Row, ViewCtx
 from ..fmt import event_summary
 
 _KIND_STYLE = {
@@ -21,6 +20,7 @@ class TimelinePanel(Panel):
     PANEL_ID = "timeline"
     TITLE = "Event timeline"
     KEY = "6"
+    TIER = 0
     SELECTABLE = True
     EMPTY_HINT = ("No events yet. Events appear as the guest runs (space), one at a time with '.', or up "
                   "to the next async-PF event with 'n'. f filters by vCPU and kind.")
@@ -45,6 +45,7 @@ class TimelinePanel(Panel):
         self._seqs = None
         self._end = -1
         self.cursor = None
+        self.follow = True
         if self.ctx is not None:
             self.update_ctx(self.ctx)
 
@@ -53,7 +54,8 @@ class TimelinePanel(Panel):
             return "all events"
         parts = []
         if self.vcpus is not None:
-            parts.append("vCPU " + ",".join("-" if v is None else str(v) for v in sorted(self.vcpus, key=lambda v: -1 if v is None else v)))
+            parts.append("vCPU " + ",".join("-" if v is None else str(v)
+                                            for v in sorted(self.vcpus, key=lambda v: -1 if v is None else v)))
         if self.keys is not None:
             parts.append(f"{len(self.keys)} kinds")
         return "filter: " + "; ".join(parts)
@@ -69,21 +71,19 @@ class TimelinePanel(Panel):
             self._start = w.start
             n = len(w)
         else:
+            vset = None if self.vcpus is None else set(self.vcpus)
             if self._seqs is None or w.log is not self._log or self._end < 0:
                 self._log = w.log
-                self._seqs = w.select(self.keys, self._vcpu_set())
+                self._seqs = w.select(self.keys, vset)
             elif w.end > self._end:
-                self._seqs.extend(w.select(self.keys, self._vcpu_set(), since=self._end))
+                self._seqs.extend(w.select(self.keys, vset, since=self._end))
             if self._seqs and self._seqs[0] < w.start:
                 del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
             self._end = w.end
             n = len(self._seqs)
         self.set_rows(n, follow=True)
 
-    def _vcpu_set(self):
-        return None if self.vcpus is None else set(self.vcpus)
-
-    def seq_of(self, row: int) -> int | None:
+    def seq_of(self, row: int | None) -> int | None:
         if row is None or row < 0 or row >= self.rows:
             return None
         return self._seqs[row] if self._seqs is not None else self._start + row
@@ -93,6 +93,8 @@ class TimelinePanel(Panel):
 
     def select_seq(self, seq: int) -> None:
         """Put the cursor on event `seq` (or the nearest one the filter shows)."""
+        if not self.rows:
+            return
         if self._seqs is not None:
             row = min(bisect.bisect_left(self._seqs, seq), self.rows - 1)
         else:
@@ -102,38 +104,42 @@ class TimelinePanel(Panel):
     def cursor_moved(self) -> None:
         self.app.explain_seq(self.selected_seq())
 
-    def header(self, width: int) -> list[Text]:
+    def header(self, width: int) -> list[Row]:
         ctx = self.ctx
         w = ctx.snap.events
-        t = Text()
-        t.append(self.describe_filter(), style=self.st("accent") if self.filtered else self.st("dim"))
-        total = ctx.snap.event_count
-        t.append(f" · {self.rows:,} shown of {total:,}", style=self.st("dim"))
+        t = Row()
+        t.add(self.describe_filter(), self.st("accent") if self.filtered else self.st("dim"))
+        t.add(f" · {self.rows:,} shown of {ctx.snap.event_count:,}", self.st("dim"))
         if w is not None and w.start:
-            t.append(f" (oldest {w.start:,} dropped)", style=self.st("dim"))
-        at_end = self.cursor is None or self.cursor >= self.rows - 1
-        t.append(" · following" if at_end else " · end: follow", style=self.st("dim"))
-        h = Text()
-        for txt, wd, right in (("#", 10, True), ("time", 13, True), (" cpu", 5, False), ("event", 26, False),
-                               ("details", 40, False)):
-            h.append(cell(txt, wd, self.st("head"), right))
+            t.add(f" (oldest {w.start:,} dropped)", self.st("dim"))
+        t.add(" · following" if self.follow else " · end: follow", self.st("dim"))
+        h = Row()
+        wide = width >= 100
+        cols = ((("#", 10, True),) if wide else ()) + (("time", 13 if wide else 11, True), (" cpu", 5, False),
+                                                        ("event", 26 if wide else 21, False), ("details", 40, False))
+        for txt, wd, right in cols:
+            h.cell(txt, wd, self.st("head"), right)
         return [t, h]
 
-    def render_row(self, i: int, width: int) -> Text:
+    def row_key(self, i: int):
+        seq = self.seq_of(i)
+        return (seq, seq >= self.ctx.base.event_count, self.ctx.vcpu)
+
+    def render_row(self, i: int, width: int) -> Row:
         ctx = self.ctx
         seq = self.seq_of(i)
         e = ctx.snap.events.get(seq)
         if e is None:
-            return Text(f"{seq:>10,}  (dropped)", style=self.st("dim"))
-        from ...engine import event_key
+            return Row(f"{seq:>10,}  (dropped)", self.st("dim"))
         key = event_key(e)
-        new = seq >= ctx.base.event_count
-        t = Text()
-        t.append(cell(f"{seq:,}", 10, self.st("dim"), right=True))
-        t.append(cell(f"{e.time:,}", 13, self.st("changed") if new else None, right=True))
-        t.append(cell("   -" if e.vcpu is None else f"   {e.vcpu}", 5,
-                      self.st("accent") if e.vcpu == ctx.vcpu else None))
+        wide = width >= 100
+        r = Row()
+        if wide:
+            r.cell(f"{seq:,}", 10, self.st("dim"), right=True)
+        r.cell(f"{e.time:,}", 13 if wide else 11, self.st("changed") if seq >= ctx.base.event_count else None,
+               right=True)
+        r.cell("   -" if e.vcpu is None else f"   {e.vcpu}", 5, self.st("accent") if e.vcpu == ctx.vcpu else None)
         st = _KIND_STYLE.get(key)
-        t.append(cell(key, 26, self.st(st) if st else None))
-        t.append(event_summary(e))
-        return t
+        r.cell(key, 26 if wide else 21, self.st(st) if st else None)
+        r.add(event_summary(e))
+        return r

@@ -1,9 +1,7 @@
 """Works: the done queue (waiting for delivery) and the in-flight queue (paging in), all vCPUs."""
 from __future__ import annotations
 
-from rich.text import Text
-
-from ..base import Panel, ViewCtx, cell
+from ..base import Panel, Row, ViewCtx
 from ..fmt import short
 
 
@@ -21,28 +19,26 @@ class WorksPanel(Panel):
         super().__init__()
         self.items: list = []      # (section, WorkInfo)
         self._selected_serial: int | None = None
+        self._base_serials: frozenset[int] = frozenset()
+        self._base_snap = None
 
     def update_ctx(self, ctx: ViewCtx) -> None:
         self.ctx = ctx
-        items = []
         order = sorted(range(len(ctx.snap.apf)), key=lambda i: (i != ctx.vcpu, i))
-        for i in order:
-            apf = ctx.snap.apf[i]
-            for w in apf.done:
-                items.append(("done", w))
-        for i in order:
-            apf = ctx.snap.apf[i]
-            for w in apf.queue:
-                if w.state == "paging_in":
-                    items.append(("flight", w))
+        items = [("done", w) for i in order for w in ctx.snap.apf[i].done]
+        items += [("flight", w) for i in order for w in ctx.snap.apf[i].queue if w.state == "paging_in"]
         self.items = items
-        self._base_serials = {w.serial for a in ctx.base.apf for w in (*a.queue, *a.done)}
+        if ctx.base is not self._base_snap:
+            self._base_snap = ctx.base
+            self._base_serials = frozenset(w.serial for a in ctx.base.apf for w in (*a.queue, *a.done))
         keep = self._selected_serial
+        self.follow = False
         self.set_rows(len(items))
-        if keep is not None and items:
+        if keep is not None:
             for i, (_s, w) in enumerate(items):
                 if w.serial == keep:
                     self.cursor = i
+                    self.scroll_cursor_visible()
                     break
         self._remember()
 
@@ -58,39 +54,42 @@ class WorksPanel(Panel):
     def cursor_moved(self) -> None:
         self._remember()
 
-    def header(self, width: int) -> list[Text]:
-        ctx = self.ctx
-        done = sum(len(a.done) for a in ctx.snap.apf)
-        flight = sum(1 for a in ctx.snap.apf for w in a.queue if w.state == "paging_in")
-        wa = sum(1 for a in ctx.snap.apf for w in a.done if w.wakeup_all)
-        t = Text()
-        t.append(f"done {done}", style=self.st("good") if done else self.st("dim"))
-        t.append(f" · in flight {flight}", style=self.st("warn") if flight else self.st("dim"))
-        t.append(f" · wake-all {wa}", style=self.st("accent") if wa else self.st("dim"))
-        t.append(" · queued " + " ".join(f"{a.index}:{a.queued}" for a in ctx.snap.apf), style=self.st("dim"))
-        h = Text()
+    def header(self, width: int) -> list[Row]:
+        apfs = self.ctx.snap.apf
+        done = sum(len(a.done) for a in apfs)
+        flight = sum(1 for a in apfs for w in a.queue if w.state == "paging_in")
+        wa = sum(1 for a in apfs for w in a.done if w.wakeup_all)
+        r = Row()
+        r.add(f"done {done}", self.st("good") if done else self.st("dim"))
+        r.add(f" · in flight {flight}", self.st("warn") if flight else self.st("dim"))
+        r.add(f" · wake-all {wa}", self.st("accent") if wa else self.st("dim"))
+        r.add(" · queued " + " ".join(f"{a.index}:{a.queued}" for a in apfs), self.st("dim"))
+        h = Row()
         for txt, w, right in (("list", 8, False), ("cpu", 4, False), ("work", 7, True), ("  token", 12, False),
                               ("gfn", 9, False), ("age", 8, True), ("  np", 6, False), ("gva", 12, False)):
-            h.append(cell(txt, w, self.st("head"), right))
-        return [t, h]
+            h.cell(txt, w, self.st("head"), right)
+        return [r, h]
 
-    def render_row(self, i: int, width: int) -> Text:
+    def row_key(self, i: int):
+        section, w = self.items[i]
+        return (w.serial, section, short(self.ctx.snap.time - w.created), w.serial not in self._base_serials,
+                w.vcpu == self.ctx.vcpu)
+
+    def render_row(self, i: int, width: int) -> Row:
         ctx = self.ctx
         section, w = self.items[i]
-        new = w.serial not in self._base_serials
-        t = Text()
+        r = Row()
         if w.wakeup_all:
-            t.append(cell("wake-all", 8, self.st("accent")))
+            r.cell("wake-all", 8, self.st("accent"))
         elif section == "done":
-            t.append(cell("done", 8, self.st("good")))
+            r.cell("done", 8, self.st("good"))
         else:
-            t.append(cell("paging", 8, self.st("warn")))
-        t.append(cell(f" {w.vcpu}", 4, self.st("accent") if w.vcpu == ctx.vcpu else None))
-        t.append(cell(f"#{w.serial}", 7, self.st("changed") if new else None, right=True))
-        tok = "~0 (all)" if w.wakeup_all else f"{w.token:#x}"
-        t.append(cell(f"  {tok}", 12))
-        t.append(cell("-" if w.gfn is None else f"{w.gfn:#x}", 9))
-        t.append(cell(short(ctx.snap.time - w.created), 8, right=True))
-        t.append(cell(f"  {w.not_present or '-'}", 6))
-        t.append(cell("" if w.wakeup_all else f"{w.gva:#x}", 12, self.st("dim")))
-        return t
+            r.cell("paging", 8, self.st("warn"))
+        r.cell(f" {w.vcpu}", 4, self.st("accent") if w.vcpu == ctx.vcpu else None)
+        r.cell(f"#{w.serial}", 7, self.st("changed") if w.serial not in self._base_serials else None, right=True)
+        r.cell("  ~0 (all)" if w.wakeup_all else f"  {w.token:#x}", 12)
+        r.cell("-" if w.gfn is None else f"{w.gfn:#x}", 9)
+        r.cell(short(ctx.snap.time - w.created), 8, right=True)
+        r.cell(f"  {w.not_present or '-'}", 6)
+        r.cell("" if w.wakeup_all else f"{w.gva:#x}", 12, self.st("dim"))
+        return r

@@ -1,0 +1,86 @@
+"""Every key of the TUI, in one table: the app's BINDINGS, the footer, the help screen, the command
+palette and docs/ui.md are all generated from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    key: str            # Textual key name(s), comma separated
+    action: str         # app action (without "action_")
+    label: str          # short label (footer)
+    help: str           # one sentence (help screen, palette)
+    group: str
+    footer: bool = True
+    display: str = ""   # how the help screen writes the key
+
+    @property
+    def shown_key(self) -> str:
+        return self.display or self.key
+
+
+KEYS: list[Key] = [
+    # --- run control ---
+    Key("space", "toggle_run", "run/pause", "Run or pause the guest (at the speed the speed control sets; "
+        "at 'one event per key' it steps one event).", "Run"),
+    Key("s", "step_instruction", "step insn", "Step one instruction on the selected vCPU (or, when an event "
+        "is due first, deliver it and stop at its handler).", "Run"),
+    Key("full_stop", "step_event", "step event", "Run until the next event, then pause.", "Run", display="."),
+    Key("n", "next_apf", "next APF", "Run until the next async-PF event (not present, page ready, completed, "
+        "doublefault, sync fault, wake-all, queue cleared), then pause.", "Run"),
+    Key("plus,equals_sign", "faster", "faster", "Speed up: one event per key, slow motion (1 to 1000 events "
+        "per second), full speed.", "Run", display="+"),
+    Key("minus", "slower", "slower", "Slow down (the other way along the same scale).", "Run", display="-"),
+    # --- host actions (scenario actions) ---
+    Key("o", "page_out_selected", "page out", "Page out the frame selected in the host memory map.", "Host"),
+    Key("w", "page_out_working", "out working", "Page out the selected vCPU's current working page (the page "
+        "its next instruction touches, else the one it last faulted on).", "Host"),
+    Key("R", "page_out_random", "out random", "Page out 8 random frames (of the pager's frames if the "
+        "scenario has a pager).", "Host", footer=False),
+    Key("c", "complete_selected", "complete", "Complete the work selected in the works panel now (its "
+        "page-in finishes).", "Host"),
+    Key("e", "complete_oldest", "complete oldest", "Complete the oldest work still paging in on the selected "
+        "vCPU.", "Host", footer=False),
+    Key("C", "complete_all", "complete all", "Complete every work still paging in, on every vCPU.", "Host",
+        footer=False),
+    Key("a", "wake_all", "wake-all", "Queue a wake-all on the selected vCPU (kvm_async_pf_wakeup_all).", "Host"),
+    Key("X", "reset_vcpu", "reset vCPU", "Reset the selected vCPU's async-PF state (msr_val = 0, queue "
+        "cleared, hash reset).", "Host", footer=False),
+    # --- view ---
+    Key("v", "next_vcpu", "vCPU+", "Select the next vCPU.", "View"),
+    Key("V", "prev_vcpu", "vCPU-", "Select the previous vCPU.", "View", footer=False),
+    Key("1", "focus_panel('vcpus')", "vCPUs", "Focus the vCPUs panel.", "View", footer=False),
+    Key("2", "focus_panel('msr')", "MSRs", "Focus the MSR accesses panel.", "View", footer=False),
+    Key("3", "focus_panel('hash')", "hash", "Focus the async-PF hash panel.", "View", footer=False),
+    Key("4", "focus_panel('works')", "works", "Focus the works (done / in flight) panel.", "View", footer=False),
+    Key("5", "focus_panel('reason')", "reason", "Focus the guest reason memory panel.", "View", footer=False),
+    Key("6", "focus_panel('timeline')", "timeline", "Focus the event timeline.", "View", footer=False),
+    Key("7", "focus_panel('memory')", "memory", "Focus the host memory map.", "View", footer=False),
+    Key("8", "focus_panel('explain')", "explain", "Focus the Explain panel.", "View", footer=False),
+    Key("9", "focus_panel('console')", "console", "Focus the guest console.", "View", footer=False),
+    Key("z", "zoom", "zoom", "Zoom the focused panel to the whole screen (again, or Escape, to restore).", "View"),
+    Key("h", "hide_panel", "hide", "Hide the focused panel.", "View", footer=False),
+    Key("H", "show_all", "show all", "Show every panel again.", "View", footer=False),
+    Key("p", "panels", "panels", "Choose which panels are shown.", "View", footer=False),
+    Key("f", "filter", "filter", "Filter the timeline by vCPU and event kind.", "View"),
+    Key("F", "apf_only", "APF only", "Timeline: toggle between every event and async-PF events only.", "View",
+        footer=False),
+    Key("t", "next_theme", "theme", "Switch to the next theme.", "View"),
+    Key("enter", "tour_next", "next step", "Guided tour: go to the next step.", "Tour"),
+    Key("question_mark", "help", "help", "Show every key.", "App", display="?"),
+    Key("q", "quit", "quit", "Quit apfdbg.", "App"),
+]
+
+
+def app_bindings() -> list[Binding]:
+    return [Binding(k.key, k.action, k.label, show=k.footer, key_display=k.display or None) for k in KEYS]
+
+
+def by_action(action: str) -> Key:
+    for k in KEYS:
+        if k.action == action:
+            return k
+    raise KeyError(action)

@@ -1,0 +1,393 @@
+"""Pilot tests: every key binding, checking the model (the engine, as a scenario action would change it)
+and what the screen shows afterwards.  The engine runs on the test's thread (no engine thread)."""
+from __future__ import annotations
+
+import pytest
+
+from apfdbg.ui.app import SPEEDS, ApfApp
+from apfdbg.ui.bindings import KEYS
+
+from .conftest import BENCH_GUEST, FULL_HASH, make_app, make_engine, screen_text
+
+SIZE = (200, 60)
+
+
+@pytest.fixture
+def busy_engine():
+    """The default scenario 400,000 instructions in: works in flight on both vCPUs."""
+    return make_engine(run_to=400_000)
+
+
+def status(app) -> str:
+    return str(app.query_one("#status").render())
+
+
+async def test_every_key_has_a_test_here():
+    """The table of keys (bindings.KEYS) and this file stay in step."""
+    import inspect
+    import sys
+    src = inspect.getsource(sys.modules[__name__])
+    for k in KEYS:
+        name = k.key.split(",")[0]
+        assert f'"{name}"' in src, f"no test presses {name!r} ({k.action})"
+
+
+async def test_space_runs_and_pauses(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not busy_engine.latest.running and "PAUSED" in status(app)
+        await pilot.press("space")
+        assert busy_engine.latest.running and "RUNNING" in status(app)
+        await pilot.press("space")
+        assert not busy_engine.latest.running and "PAUSED" in status(app)
+
+
+async def test_space_at_one_event_per_key_steps_an_event(busy_engine):
+    app = make_app(busy_engine, speed="key")
+    async with app.run_test(size=SIZE) as pilot:
+        n = busy_engine.log.total
+        await pilot.press("space")
+        assert busy_engine.log.total > n and not busy_engine.latest.running
+        assert "stepped to event" in status(app)
+
+
+async def test_s_steps_one_instruction_on_the_selected_vcpu():
+    eng = make_engine(run_to=5_000)          # both vCPUs still booting: running
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = eng.machine.vcpus[0]
+        before = v.retired
+        await pilot.press("s")
+        assert v.retired == before + 1
+        assert eng.machine.vcpus[1].retired == eng.latest.vcpus[1].retired
+        assert "vCPU 0 stepped 1 instruction" in status(app)
+
+
+async def test_full_stop_steps_one_event(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        n = busy_engine.log.total
+        await pilot.press("full_stop")
+        snap = busy_engine.latest
+        assert snap.stop_event == n and not snap.running
+        assert app.query_one("#timeline").selected_seq() == n
+        assert f"stepped to event #{n:,}" in status(app)
+
+
+async def test_n_runs_to_the_next_apf_event(busy_engine):
+    from apfdbg.ui.fmt import APF_BREAK_KINDS
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        snap = busy_engine.latest
+        e = snap.events.get(snap.stop_event)
+        assert e.kind in APF_BREAK_KINDS
+        assert "next async-PF event" in status(app)
+        assert f"event #{snap.stop_event:,}" in screen_text(app)      # Explain shows it
+
+
+async def test_plus_and_minus_change_the_speed(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        start = app.speed
+        await pilot.press("plus")
+        i = SPEEDS.index(start) + 1
+        assert app.speed == SPEEDS[i] and busy_engine.events_per_second == (
+            None if SPEEDS[i] == "full" else float(SPEEDS[i]))
+        for _ in range(len(SPEEDS)):
+            await pilot.press("plus")
+        assert app.speed == "full" and busy_engine.events_per_second is None
+        await pilot.press("space")
+        assert "full speed" in status(app)
+        await pilot.press("space")
+        for _ in range(len(SPEEDS)):
+            await pilot.press("minus")
+        assert app.speed == "key"
+        await pilot.press("equals_sign")
+        assert app.speed == SPEEDS[1] and busy_engine.events_per_second == float(SPEEDS[1])
+
+
+async def test_o_pages_out_the_frame_selected_in_the_memory_map(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        ram = busy_engine.machine.ram
+        mem = app.query_one("#memory")
+        # move to a resident frame of the pager's pool
+        while ram.is_swapped(mem.gfn):
+            await pilot.press("right")
+        gfn = mem.gfn
+        await pilot.press("o")
+        assert ram.is_swapped(gfn)
+        assert gfn in busy_engine.latest.swapped
+        assert f"paged out gfn {gfn:#x}" in status(app)
+        assert f"gfn {gfn:#x} (gpa {gfn << 12:#x}): swapped out" in screen_text(app)
+
+
+async def test_w_pages_out_the_working_page():
+    eng = make_engine(run_to=15_000)         # tasks touching their pages, nothing swapped out yet
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        expected = eng.working_gfn(0)
+        assert 0x400 <= expected < 0x418      # a page of the guest's work area
+        assert expected is not None and not eng.machine.ram.is_swapped(expected)
+        await pilot.press("w")
+        assert eng.machine.ram.is_swapped(expected)
+        assert f"{expected:#x}" in status(app) and "working page" in status(app)
+
+
+async def test_R_pages_out_random_frames_of_the_pager(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        before = set(busy_engine.latest.swapped)
+        await pilot.press("R")
+        after = set(busy_engine.latest.swapped)
+        new = after - before
+        assert new and new <= set(busy_engine.pager_frames)
+        assert f"paged out {len(new)} random frame(s)" in status(app)
+
+
+async def test_c_completes_the_selected_work(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        works = app.query_one("#works")
+        while works.selected_work().state != "paging_in":
+            await pilot.press("down")
+        w = works.selected_work()
+        await pilot.press("c")
+        done = [x for a in busy_engine.latest.apf for x in a.done]
+        assert any(x.serial == w.serial for x in done)
+        assert f"completed work #{w.serial}" in status(app)
+        text = screen_text(app)
+        import re
+        assert re.search(rf"done\s+{w.vcpu}\s+#{w.serial}\b", text)
+
+
+async def test_e_completes_the_oldest_work_of_the_selected_vcpu(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        oldest = next(w for w in busy_engine.latest.apf[0].queue if w.state == "paging_in")
+        await pilot.press("e")
+        assert busy_engine.kvm.find_work(oldest.token, 0).state.value == "done"
+        assert f"completed work #{oldest.serial}" in status(app)
+
+
+async def test_C_completes_every_work(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        n = sum(1 for a in busy_engine.latest.apf for w in a.queue if w.state == "paging_in")
+        assert n
+        await pilot.press("C")
+        assert not any(w.state == "paging_in" for a in busy_engine.latest.apf for w in a.queue)
+        assert f"completed {n} work(s)" in status(app)
+        assert "in flight 0" in screen_text(app)
+
+
+async def test_a_queues_a_wake_all_on_the_selected_vcpu():
+    eng = make_engine(run_to=25_000)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("v")
+        await pilot.press("a")
+        done = eng.latest.apf[1].done
+        assert done and done[-1].wakeup_all
+        assert "queued wake-all" in status(app) and "vCPU 1" in status(app)
+        assert "wake-all 1" in screen_text(app)
+
+
+async def test_X_resets_the_selected_vcpu(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert busy_engine.latest.apf[0].msr_val
+        await pilot.press("X")
+        st = busy_engine.latest.apf[0]
+        assert st.msr_val == 0 and st.queued == 0 and all(g is None for g in st.gfns)
+        assert "reset vCPU 0" in status(app)
+        assert "0x0 (APF off)" in screen_text(app)
+
+
+async def test_v_and_V_switch_vcpu(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("v")
+        assert app.vcpu == 1 and "vCPU 1" in app.query_one("#hash").border_title
+        await pilot.press("v")
+        assert app.vcpu == 0
+        await pilot.press("V")
+        assert app.vcpu == 1 and "│ vCPU 1 │" in status(app)
+
+
+@pytest.mark.parametrize("key,pid", [("1", "vcpus"), ("2", "msr"), ("3", "hash"), ("4", "works"),
+                                     ("5", "reason"), ("6", "timeline"), ("7", "memory"), ("8", "explain"),
+                                     ("9", "console")])
+async def test_digits_focus_panels(busy_engine, key, pid):
+    app = make_app(busy_engine)
+    async with app.run_test(size=(80, 24)) as pilot:      # compact: the panel also comes into view
+        await pilot.press(key)
+        assert app.focused.id == pid and app.query_one(f"#{pid}").display
+
+
+async def test_tab_cycles_panels(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("1")
+        await pilot.press("tab")
+        assert app.focused.id == "msr"
+        await pilot.press("shift+tab")
+        assert app.focused.id == "vcpus"
+
+
+async def test_z_zooms_and_restores(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3", "z")
+        hp = app.query_one("#hash")
+        assert app.screen.maximized is hp
+        await pilot.pause()
+        assert hp.size.width > 150
+        await pilot.press("z")
+        assert app.screen.maximized is None
+
+
+async def test_h_hides_and_H_shows_all(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7", "h")
+        assert not app.query_one("#memory").display and "memory" in app.hidden
+        assert "Host memory map" not in screen_text(app)
+        await pilot.press("H")
+        assert app.query_one("#memory").display and not app.hidden
+
+
+async def test_p_chooses_panels(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        from apfdbg.ui.screens import PanelsScreen
+        assert isinstance(app.screen, PanelsScreen)
+        await pilot.press("space")     # untick the first entry (vCPUs)
+        await pilot.press("enter")
+        assert not isinstance(app.screen, PanelsScreen)
+        assert "vcpus" in app.hidden and not app.query_one("#vcpus").display
+
+
+async def test_f_filters_the_timeline(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f")
+        from apfdbg.ui.screens import FilterScreen
+        assert isinstance(app.screen, FilterScreen)
+        await pilot.click("#apf")
+        tl = app.query_one("#timeline")
+        assert tl.filtered
+        kinds = {busy_engine.latest.events.get(tl.seq_of(i)).kind for i in range(tl.rows)}
+        assert "inject" not in kinds or True
+        assert not kinds & {"console", "hlt", "cpuid"}
+        assert "filter:" in screen_text(app)
+
+
+async def test_F_toggles_apf_only(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        tl = app.query_one("#timeline")
+        all_rows = tl.rows
+        await pilot.press("F")
+        assert tl.filtered and tl.rows < all_rows
+        await pilot.press("F")
+        assert not tl.filtered and tl.rows == all_rows
+
+
+async def test_t_changes_theme(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        first = app.theme
+        await pilot.press("t")
+        assert app.theme != first and app.theme.startswith("apf-")
+        await pilot.press("t", "t")
+        assert app.theme == first
+
+
+async def test_question_mark_shows_every_key(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=(120, 80)) as pilot:
+        await pilot.press("question_mark")
+        from apfdbg.ui.screens import HelpScreen
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for k in KEYS:
+            assert k.help.split(" ")[0] in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_enter_advances_the_tour():
+    eng = make_engine("tour.toml")
+    app = make_app(eng, tour=eng.scenario.tour)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.tour_index == 0 and "Tour 1/" in screen_text(app)
+        await pilot.press("enter", "enter")
+        snap = eng.latest
+        assert app.tour_index == 2 and snap.events.get(snap.stop_event).kind == "page_out"
+        assert "Tour 3/" in screen_text(app) and "The host swaps memory out" in screen_text(app)
+
+
+async def test_enter_is_inert_without_a_tour(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        assert app.tour_index == -1 and busy_engine.latest.event_count == busy_engine.log.total
+
+
+async def test_q_quits(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code in (0, None)
+
+
+async def test_command_palette_lists_every_binding(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE):
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for k in KEYS:
+            if k.action in ("quit",):
+                continue
+            if k.action == "tour_next":
+                continue
+            assert any(t.startswith(k.label) for t in titles), k.label
+        # and running one changes the model like the key does
+        cmd = next(c for c in app.get_system_commands(app.screen) if c.title.startswith("wake-all"))
+        cmd.callback()
+        assert busy_engine.latest.apf[0].done[-1].wakeup_all
+
+
+async def test_theme_option_and_unknown_theme():
+    from apfdbg.ui.themes import ThemeError
+    eng = make_engine()
+    app = make_app(eng, theme="apf-amber")
+    assert app.theme == "apf-amber"
+    with pytest.raises(ThemeError):
+        make_app(eng, theme="no-such-theme")
+
+
+async def test_engine_thread_mode_runs_and_pauses():
+    """The real arrangement: the engine in its own thread, the UI polling snapshots."""
+    eng = make_engine()
+    app = ApfApp(eng, threaded=True, paused=False, speed="full")
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.snap is not None and app.snap.event_count > 200:
+                break
+        assert app.snap.running and app.snap.event_count > 200
+        await pilot.press("space")
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if not app.snap.running:
+                break
+        assert not app.snap.running and "PAUSED" in status(app)
+        t = eng.latest.time
+        await pilot.pause(0.2)
+        assert eng.latest.time == t
