@@ -188,21 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.headless:  # `apfdbg run IMAGE` without --headless: the TUI
         args.theme, args.tour, args.paused, args.speed = None, False, False, None
         return _tui(args)
-    from .engine import Engine
-    from .scenario import Scenario, ScenarioError, load_scenario
+    from .scenario import ScenarioError
     try:
-        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
-        overrides = {k: v for k, v in (("vcpus", args.vcpus), ("ram_mib", args.ram),
-                                        ("quantum", args.quantum), ("max_insns", args.max_insns))
-                     if v is not None}
-        if overrides:
-            scenario = scenario.model_copy(update={"machine": MachineConfig(
-                **{**scenario.machine.model_dump(), **overrides})})
-        image_path = args.image
-        if image_path is None and scenario.image:
-            image_path = str(Path(scenario.base_dir) / scenario.image)
-        image = load_image(image_path or DEFAULT_GUEST, load_addr=args.load_addr, entry=args.entry)
-        engine = Engine(image, scenario)
+        engine, _scenario = _load(args, None)
     except (ImageError, ScenarioError) as e:
         print(f"apfdbg: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..machine.config import MachineConfig
-from ..machine.image import ImageError, load_image
+from ..machine.image import ImageError
 from ..machine.machine import EXIT_BAD_INPUT
 from .server import parse_listen
 
@@ -41,24 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
                         logging.WARNING, format="%(name)s: %(message)s")
-    from ..engine import Engine
-    from ..scenario import Scenario, ScenarioError, load_scenario
+    from ..cli import _load
+    from ..scenario import ScenarioError
     from .server import serve
     try:
-        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
-        overrides = {k: v for k, v in (("vcpus", args.vcpus), ("ram_mib", args.ram),
-                                        ("quantum", args.quantum), ("max_insns", args.max_insns))
-                     if v is not None}
-        if overrides:
-            scenario = scenario.model_copy(update={"machine": MachineConfig(
-                **{**scenario.machine.model_dump(), **overrides})})
-        image_path = args.image
-        if image_path is None and scenario.image:
-            image_path = str(Path(scenario.base_dir) / scenario.image)
-        if image_path is None:
-            print("apfdbg: no guest image: give IMAGE or a scenario that names one", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        engine = Engine(load_image(image_path, load_addr=args.load_addr, entry=args.entry), scenario)
+        engine, _scenario = _load(args, None)
     except (ImageError, ScenarioError) as e:
         print(f"apfdbg: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
