@@ -7,7 +7,6 @@ IDT delivery, SYSCALL, host paging) is done here on the way out of `emu_start`.
 from __future__ import annotations
 
 import ctypes
-import struct
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -19,10 +18,10 @@ from unicorn.unicorn_py3.unicorn import uclib
 from . import boot, ucstate
 from .accel import VcpuAccel
 from .apic import X2Apic
-from .delivery import Delivered, Nested, combine, deliver
+from .delivery import Delivered, combine, deliver
 from .faultaddr import fault_address
 from .faults import (ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_PF, EXC_UD, AccessFault, BadPhysical,
-                     GuestException, GuestPageFault, HostSwapped, NonCanonical, PendingEvent)
+                     HostSwapped, PendingEvent)
 
 if TYPE_CHECKING:
     from .machine import Machine
