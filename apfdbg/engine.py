@@ -63,6 +63,34 @@ class Snapshot:
     profile: Any = None                   # apfdbg.kvm.profiles.Profile (frozen)
     error: str | None = None              # the engine stopped with this error
     stop_event: int | None = None         # sequence number of the event the run stopped at
+    code: tuple = ()                      # per vCPU: CodeView (bytes around RIP) or None
+    regs: tuple = ()                      # per vCPU: dict register name -> value
+    breakpoints: tuple = ()               # BreakpointView of every breakpoint, by address
+
+
+@dataclass(frozen=True)
+class CodeView:
+    """Guest code read through a vCPU's page tables: `data` starts at `start` (a symbol's start when
+    RIP is near one, so disassembly finds instruction boundaries; else RIP)."""
+    start: int
+    rip: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class BreakpointView:
+    id: int
+    addr: int
+    vcpu: int | None
+    condition: str | None
+    hits: int
+
+
+#: registers the Registers panel shows (names as in apfdbg.machine.debug.REGS, plus efer)
+SNAP_REGS = ("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags "
+             "cr0 cr2 cr3 cr4 cs ss ds es fs gs fs_base gs_base").split()
+CODE_BEFORE = 192      # at most this many bytes of code before RIP (from the symbol's start)
+CODE_AFTER = 96
 
 
 def event_key(e) -> str:
@@ -216,6 +244,9 @@ class Engine:
             image, sc.machine, profile=sc.host.profile, seed=sc.host.seed,
             latency=sc.pager.latency, auto_pager=sc.pager.auto.config() if sc.pager.auto else None)
         self.kvm = self.machine.host.kvm
+        from .machine.debug import Debugger
+        #: breakpoints and watchpoints (the TUI's b key); a stop sets machine.debug_stop
+        self.debugger: Debugger = self.machine.debugger or Debugger(self.machine)
         for poke in sc.poke:
             self._poke(poke)
         self.log = EventLog()
@@ -442,6 +473,7 @@ class Engine:
                     what = "instruction" if not m.exit_requested and v.run(v.retired + 1) else "blocked"
             finally:
                 self._stepping = False
+            m.debug_stop = None        # a single step is a stop of its own
             n = v.retired - before
             where = f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}"
             if what == "event":
@@ -479,11 +511,44 @@ class Engine:
         while self._running.is_set() and not m.exit_requested and m.now < limit:
             m.pause_requested = False
             m.step(until=limit)
+            if self._debug_stopped():
+                break
         if m.exit_requested:
             m.finish()
             self._exited()
         elif self._running.is_set() and (self._break is not None or self._step_events):
             self._stop_run(f"nothing matched within {max_insns or self.SYNC_LIMIT:,} instructions")
+
+    def _debug_stopped(self) -> bool:
+        """A breakpoint or watchpoint stopped the machine: end the run, saying where."""
+        m = self.machine
+        st = getattr(m, "debug_stop", None)
+        if st is None:
+            return False
+        m.debug_stop = None
+        where = self.image.describe(st.rip)
+        if st.reason == "watchpoint" and st.address is not None:
+            why = f"watchpoint at {st.address:#x} ({where}) on vCPU {st.vcpu}"
+        else:
+            why = f"{st.reason} at {where} on vCPU {st.vcpu}"
+        self._stop_run(why)
+        self.message = why
+        return True
+
+    # --- breakpoints (commands: run them through command()) ---------------------------------------
+    def toggle_breakpoint(self, addr: int) -> None:
+        """Queue: remove the breakpoints at `addr`, or add one there on every vCPU."""
+        def go() -> None:
+            dbg = self.debugger
+            ids = [bp.id for bp in dbg.breakpoints.values() if bp.addr == addr]
+            for i in ids:
+                dbg.remove(i)
+            if ids:
+                self.message = f"removed the breakpoint at {self.image.describe(addr)} ({addr:#x})"
+            else:
+                bp = dbg.add_breakpoint(addr)
+                self.message = f"breakpoint {bp.id} at {self.image.describe(addr)} ({addr:#x}), every vCPU"
+        self.command(go)
 
     def _drive_sync(self) -> None:
         if self._thread is None and self._running.is_set():
@@ -539,7 +604,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """Build a snapshot now (engine thread, or when nothing else runs the machine)."""
         m = self.machine
-        views, areas = [], []
+        views, areas, code, regs = [], [], [], []
         apf = self._apf_snapshot()
         for v, st in zip(m.vcpus, apf):
             rip = v.rip
@@ -547,6 +612,8 @@ class Engine:
                 index=v.index, state=v.state.value, rip=rip, where=self.image.describe(rip), cpl=v.cpl(),
                 interrupts=bool(v.rflags & RFLAGS_IF), cr2=v.uc.reg_read(_CR2), retired=v.retired,
                 pending=_pending(v), stall_gfn=v.stall_gfn, task=self._task_of(v)))
+            code.append(self._code_view(v, rip))
+            regs.append(self._regs_of(v))
             if st.enabled:
                 self._last_area[v.index] = st.area_gpa
             gpa = self._last_area.get(v.index)
@@ -563,7 +630,39 @@ class Engine:
             counts=dict(m.counts), console=console[-200:], events=self.log.window(),
             stop_reason="" if running else self.stop_reason, speed=self.events_per_second,
             commands=self.commands_done, message=self.message, frames=m.ram.frames,
-            profile=self.kvm.profile, error=self.error, stop_event=None if running else self.stop_event)
+            profile=self.kvm.profile, error=self.error, stop_event=None if running else self.stop_event,
+            code=tuple(code), regs=tuple(regs), breakpoints=tuple(sorted(
+                (BreakpointView(b.id, b.addr, b.vcpu, b.condition, b.hits)
+                 for b in self.debugger.breakpoints.values()), key=lambda b: (b.addr, b.id))))
+
+    def _code_view(self, v, rip: int) -> "CodeView | None":
+        """The code around RIP (engine thread): from the covering symbol's start when it is close."""
+        try:
+            start = rip
+            hit = self.image.lookup(rip)
+            if hit is not None and 0 < hit[1] <= CODE_BEFORE:
+                start = hit[0].addr
+            data = v.peek(start, rip - start + CODE_AFTER) if start != rip else None
+            if data is None:
+                start = rip
+                data = v.peek(rip, CODE_AFTER) or v.peek(rip, 16)
+            return CodeView(start, rip, data) if data else None
+        except Exception:
+            return None
+
+    @staticmethod
+    def _regs_of(v) -> dict:
+        from .machine.debug import REGS
+        out = {}
+        try:
+            rd = v.reg if hasattr(v, "reg") else v.uc.reg_read
+            for name in SNAP_REGS:
+                out[name] = rd(REGS[name])
+            out["efer"] = v.uc.reg_read(_MSR_REG, 0xC0000080)
+            out["cpl"] = v.cpl()
+        except Exception:
+            pass
+        return out
 
     def _apf_snapshot(self) -> list:
         """kvm.snapshot(), made cheap enough to take 20 times a second with hundreds of works: each
@@ -704,6 +803,7 @@ class Engine:
                     m.step()
                 finally:
                     self._in_step = False
+                self._debug_stopped()
                 if m.exit_requested:
                     m.finish()
                     self._exited()
@@ -768,6 +868,7 @@ def _pending(v) -> str:
 
 
 from unicorn.x86_const import UC_X86_REG_CR2 as _CR2  # noqa: E402
+from unicorn.x86_const import UC_X86_REG_MSR as _MSR_REG  # noqa: E402
 
 from .machine.faults import vector_name as _vector_name  # noqa: E402
 

@@ -407,7 +407,10 @@ class VCpu:
                 self._stepping = None
                 if self._bp_skip == rip:
                     self._bp_skip = None
-            if acc.stop_reason != VcpuAccel.STOP_NEW_BLOCK or self._exit is not None:
+            # A first visit to a block may stop before it only to install exit hooks: then
+            # nothing ran and the step is tried again; otherwise the instruction is done.
+            if (acc.stop_reason != VcpuAccel.STOP_NEW_BLOCK or self._exit is not None
+                    or acc.retired != self._turn_base or self.reg(X.UC_X86_REG_RIP) != rip):
                 break
         if self._watch_hit is not None:
             from .debug import DebugStop

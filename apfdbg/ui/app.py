@@ -25,8 +25,8 @@ from ..scenario import Action, EventMatch, TourStep
 from . import bindings
 from .base import Panel, ViewCtx
 from .fmt import APF_BREAK_KINDS, APF_KINDS, num
-from .panels import (ConsolePanel, ExplainPanel, HashPanel, MemoryPanel, MsrPanel, PANELS, ReasonPanel,
-                     TimelinePanel, VcpuPanel, WorksPanel)
+from .panels import (HIDDEN_BY_DEFAULT, CodePanel, ConsolePanel, ExplainPanel, HashPanel, MemoryPanel, MsrPanel,
+                     PANELS, ReasonPanel, RegsPanel, TimelinePanel, VcpuPanel, WorksPanel)
 from .screens import FilterScreen, HelpScreen, PanelsScreen
 from .themes import DEFAULT_THEME, ThemeError, bundled_themes, load_theme_file
 
@@ -106,7 +106,7 @@ class ApfApp(App):
         if self.tour_steps:
             self.start_paused = True
         self.vcpu = min(ui.vcpu, len(engine.machine.vcpus) - 1)
-        self.hidden: set[str] = set(ui.hide)
+        self.hidden: set[str] = set(ui.hide) | (set(HIDDEN_BY_DEFAULT) - {ui.focus})
         self.force_compact = compact
         self.compact = False
         self.image_name = image_name or Path(engine.image.path).name
@@ -142,6 +142,9 @@ class ApfApp(App):
         yield StatusBar(id="status")
         with Vertical(id="main"):
             yield VcpuPanel()
+            with Horizontal(id="debug"):
+                yield CodePanel(self.engine.image)
+                yield RegsPanel()
             with Horizontal(id="upper"):
                 yield HashPanel()
                 with Vertical(id="col-mid"):
@@ -205,7 +208,7 @@ class ApfApp(App):
             else:
                 show = pid not in self.hidden
             p.display = show
-        for cid in ("col-mid", "col-right", "upper", "lower"):
+        for cid in ("debug", "col-mid", "col-right", "upper", "lower"):
             c = self.query_one(f"#{cid}")
             c.display = any(w.display for w in c.query(Panel))
         if self.snap is not None:
@@ -475,6 +478,32 @@ class ApfApp(App):
 
     def action_reset_vcpu(self) -> None:
         self._command(Action(at=0, do="reset_vcpu", vcpu=self.vcpu))
+
+    # --- actions: debugger ------------------------------------------------------------------------
+    def action_toggle_breakpoint(self) -> None:
+        code = self.panel("code")
+        if code.display is False or code.ctx is None:
+            self.action_focus_panel("code")
+            self.notify("Code panel shown: select a line, then b sets a breakpoint there.")
+            return
+        addr = code.selected_addr()
+        if addr is None:
+            self.notify("Select a line with code in the Code panel first (d, then arrows).", severity="warning")
+            return
+        self.engine.toggle_breakpoint(addr)
+        self._expect_change()
+        self.poll()
+
+    def action_toggle_source(self) -> None:
+        code = self.panel("code")
+        code.source_mode = not code.source_mode
+        code._at = None
+        if code.display is False:
+            self.action_focus_panel("code")
+        elif self.snap is not None:
+            code.begin_update()
+            code.update_ctx(self._ctx())
+            code.flush()
 
     # --- actions: view ----------------------------------------------------------------------------
     def _set_vcpu(self, v: int) -> None:

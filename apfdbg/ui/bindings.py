@@ -49,6 +49,11 @@ KEYS: list[Key] = [
     Key("a", "wake_all", "wake-all", "Queue a wake-all on the selected vCPU (kvm_async_pf_wakeup_all).", "Host"),
     Key("X", "reset_vcpu", "reset vCPU", "Reset the selected vCPU's async-PF state (msr_val = 0, queue "
         "cleared, hash reset).", "Host", footer=False),
+    # --- debugger ---
+    Key("b", "toggle_breakpoint", "breakpoint", "Toggle a breakpoint at the line selected in the Code panel, on "
+        "every vCPU (a run stops there: 'breakpoint at SYMBOL on vCPU N').", "Debug", footer=False),
+    Key("l", "toggle_source", "source/asm", "Code panel: switch between the disassembly and the source line "
+        "(DWARF line info).", "Debug", footer=False),
     # --- view ---
     Key("v", "next_vcpu", "vCPU+", "Select the next vCPU.", "View"),
     Key("V", "prev_vcpu", "vCPU-", "Select the previous vCPU.", "View", footer=False),
@@ -61,6 +66,9 @@ KEYS: list[Key] = [
     Key("7", "focus_panel('memory')", "memory", "Focus the host memory map.", "View", footer=False),
     Key("8", "focus_panel('explain')", "explain", "Focus the Explain panel.", "View", footer=False),
     Key("9", "focus_panel('console')", "console", "Focus the guest console.", "View", footer=False),
+    Key("d", "focus_panel('code')", "code", "Focus the Code panel (disassembly or source around RIP).", "View",
+        footer=False),
+    Key("r", "focus_panel('regs')", "registers", "Focus the Registers panel.", "View", footer=False),
     Key("z", "zoom", "zoom", "Zoom the focused panel to the whole screen (again, or Escape, to restore).", "View"),
     Key("h", "hide_panel", "hide", "Hide the focused panel.", "View", footer=False),
     Key("H", "show_all", "show all", "Show every panel again.", "View", footer=False),

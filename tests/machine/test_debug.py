@@ -159,3 +159,16 @@ def test_request_pause_from_another_thread_does_not_change_the_run(guest):
     plain, _ = run(False)
     paused, n = run(True)
     assert n > 3 and paused == plain
+
+
+def test_single_step_over_a_taken_branch_into_a_new_block(guest):
+    """A taken branch into a block never entered before: the block hook stops at its entry (to
+    install hooks), which must not make the step run a second instruction."""
+    m, d = _m(guest, "machine/hello", vcpus=1)
+    v = m.vcpus[0]
+    for _ in range(300):
+        before, rip = v.retired, v.rip
+        v.step()
+        assert v.retired == before + 1, f"step at {rip:#x} ran {v.retired - before} instructions"
+        if m.exit_requested:
+            break

@@ -391,3 +391,118 @@ async def test_engine_thread_mode_runs_and_pauses():
         t = eng.latest.time
         await pilot.pause(0.2)
         assert eng.latest.time == t
+
+
+# --- debugger panels and keys ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,pid,title", [("d", "code", "Code · vCPU 0"), ("r", "regs", "Registers")])
+async def test_d_and_r_show_and_focus_the_debugger_panels(busy_engine, key, pid, title):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not app.query_one(f"#{pid}").display          # hidden until asked for
+        await pilot.press(key)
+        await pilot.pause()
+        assert app.focused.id == pid and app.query_one(f"#{pid}").display
+        assert title in screen_text(app)
+
+
+async def test_b_toggles_a_breakpoint_and_a_run_stops_there():
+    eng = make_engine(run_to=5_000)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        await pilot.pause()
+        code = app.query_one("#code")
+        rip = eng.latest.vcpus[0].rip
+        assert code.selected_addr() == rip                     # the cursor starts on RIP
+        await pilot.press("down", "b")
+        await pilot.pause()
+        addr = code.selected_addr()
+        assert addr != rip
+        bps = list(eng.debugger.breakpoints.values())
+        assert [(b.addr, b.vcpu) for b in bps] == [(addr, None)]  # on every vCPU
+        assert [b.addr for b in eng.latest.breakpoints] == [addr]
+        where = eng.image.describe(addr)
+        assert f"breakpoint {bps[0].id} at {where}" in status(app)
+        line = next(l for l in screen_text(app).splitlines() if l.startswith("│") and f"{addr:#x} " in l)
+        assert line.startswith("│●")
+        # a run stops at the breakpoint, on the vCPU that reached it
+        eng.resume()
+        eng.pump()
+        app.poll(force=True)
+        await pilot.pause()
+        snap = eng.latest
+        assert not snap.running and snap.stop_reason.startswith(f"breakpoint at {where} on vCPU ")
+        v = int(snap.stop_reason.rsplit(" ", 1)[1])
+        assert snap.vcpus[v].rip == addr
+        assert f"breakpoint at {where} on vCPU {v}" in status(app)
+        # b again on the same line removes it
+        app._set_vcpu(v)
+        await pilot.pause()
+        assert code.selected_addr() == addr
+        await pilot.press("b")
+        await pilot.pause()
+        assert not eng.debugger.breakpoints and not eng.latest.breakpoints
+        assert "removed the breakpoint" in status(app)
+
+
+async def test_l_switches_the_code_panel_to_the_source_line():
+    eng = make_engine(run_to=5_000)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d", "l")
+        await pilot.pause()
+        code = app.query_one("#code")
+        assert code.source_mode
+        file, line = code.lines.where(eng.latest.vcpus[0].rip)
+        assert file.endswith("apfdemo.S")
+        assert f"apfdemo.S:{line}" in screen_text(app)
+        cur = next(l for l in screen_text(app).splitlines() if "▶" in l and f"{line}  " in l)
+        assert "movq" in cur or "mov" in cur
+        await pilot.press("l")
+        await pilot.pause()
+        assert not code.source_mode and code.selected_addr() == eng.latest.vcpus[0].rip
+
+
+async def test_registers_highlight_what_a_step_changed():
+    eng = make_engine(run_to=5_000)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r", "s")
+        await pilot.pause()
+        regs = app.query_one("#regs")
+        changed = {name for row in regs._rows if row[0] == "pair" for name, _v, ch in row[1] if ch}
+        assert "rip" in changed and "rsp" not in changed
+        assert f"{eng.latest.regs[0]['rip']:016x}" in screen_text(app)
+
+
+async def test_b_with_the_code_panel_hidden_only_shows_it(busy_engine):
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("b")
+        await pilot.pause()
+        assert app.query_one("#code").display and app.focused.id == "code"
+        assert not busy_engine.debugger.breakpoints
+
+
+def test_engine_thread_stops_at_a_breakpoint():
+    import time
+    eng = make_engine(run_to=5_000)
+    addr = eng.latest.vcpus[0].rip + 3          # the instruction after RIP, in a loop both vCPUs run
+    eng.start(running=False)
+    try:
+        eng.toggle_breakpoint(addr)
+        deadline = time.monotonic() + 5
+        while not eng.latest.breakpoints and time.monotonic() < deadline:
+            time.sleep(0.01)
+        eng.resume()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            snap = eng.latest
+            if not snap.running and snap.stop_reason:
+                break
+        assert snap.stop_reason.startswith(f"breakpoint at {eng.image.describe(addr)} on vCPU ")
+        v = int(snap.stop_reason.rsplit(" ", 1)[1])
+        assert snap.vcpus[v].rip == addr and snap.breakpoints[0].hits == 1
+    finally:
+        eng.stop()

@@ -108,3 +108,22 @@ def test_help_screen(snap_compare):
 def test_paper_theme(snap_compare):
     eng = make_engine(run_to=400_000)
     assert snap_compare(make_app(eng, theme="apf-paper"), terminal_size=WIDE)
+
+
+def test_code_panel_disassembly_with_breakpoint(snap_compare):
+    """Code panel zoomed: the disassembly around vCPU 0's RIP, symbol+offset labels, the current
+    instruction highlighted, a breakpoint marked on the next line."""
+    eng = make_engine(run_to=5_000)
+    assert snap_compare(make_app(eng), terminal_size=(100, 24), press=["d", "down", "b", "z"])
+
+
+def test_code_panel_source_view(snap_compare):
+    """l: the source line RIP is on (DWARF line info of the -g guest), from guests/apfdemo/apfdemo.S."""
+    eng = make_engine(run_to=5_000)
+    assert snap_compare(make_app(eng), terminal_size=(100, 24), press=["d", "l", "z"])
+
+
+def test_registers_panel_changed_since_last_pause(snap_compare):
+    """Registers zoomed after a single step: what the instruction changed is highlighted."""
+    eng = make_engine(run_to=5_000)
+    assert snap_compare(make_app(eng), terminal_size=(100, 24), press=["r", "z", "s"])

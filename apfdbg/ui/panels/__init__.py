@@ -1,17 +1,22 @@
 """The panels of the TUI, one module each (see docs/ui.md)."""
+from .code import CodePanel
 from .console import ConsolePanel
 from .explain import ExplainPanel
 from .hashtable import HashPanel
 from .memory import MemoryPanel
 from .msr import MsrPanel
 from .reason import ReasonPanel
+from .regs import RegsPanel
 from .timeline import TimelinePanel
 from .vcpus import VcpuPanel
 from .works import WorksPanel
 
 #: every panel class, in focus order (the digit keys follow it)
 PANELS = [VcpuPanel, MsrPanel, HashPanel, WorksPanel, ReasonPanel, TimelinePanel, MemoryPanel, ExplainPanel,
-          ConsolePanel]
+          ConsolePanel, CodePanel, RegsPanel]
+#: panels hidden until asked for (their key, tab, H or the panels screen shows them)
+HIDDEN_BY_DEFAULT = ("code", "regs")
 
 __all__ = ["PANELS", "VcpuPanel", "MsrPanel", "HashPanel", "WorksPanel", "ReasonPanel", "TimelinePanel",
-           "MemoryPanel", "ExplainPanel", "ConsolePanel"]
+           "MemoryPanel", "ExplainPanel", "ConsolePanel", "CodePanel", "RegsPanel",
+           "HIDDEN_BY_DEFAULT"]

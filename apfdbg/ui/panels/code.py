@@ -1,0 +1,255 @@
+"""Code: the selected vCPU's instructions around RIP (capstone), symbol+offset labels, the current
+instruction highlighted, breakpoints marked; or (l) the source line RIP is on, from DWARF line info."""
+from __future__ import annotations
+
+import bisect
+import io
+from pathlib import Path
+
+from ..base import Panel, Row, ViewCtx
+
+REPO = Path(__file__).resolve().parents[3]
+SOURCE_CONTEXT = 200          # source lines shown around the current one
+
+_cs = None
+
+
+def _capstone():
+    global _cs
+    if _cs is None:
+        import capstone
+        _cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    return _cs
+
+
+class LineTable:
+    """DWARF line info of an image: address -> (file, line), (file, line) -> first address."""
+
+    def __init__(self, elf: bytes | None) -> None:
+        self.addrs: list[int] = []
+        self.locs: list[tuple[str, int] | None] = []
+        self.line_addr: dict[tuple[str, int], int] = {}
+        self._sources: dict[str, list[str] | None] = {}
+        if elf:
+            try:
+                self._load(elf)
+            except Exception:           # no or unreadable DWARF: no source view
+                self.addrs, self.locs = [], []
+
+    def _load(self, elf: bytes) -> None:
+        from elftools.elf.elffile import ELFFile
+        f = ELFFile(io.BytesIO(elf))
+        if not f.has_dwarf_info():
+            return
+        dw = f.get_dwarf_info()
+        rows: list[tuple[int, tuple[str, int] | None]] = []
+        for cu in dw.iter_CUs():
+            lp = dw.line_program_for_CU(cu)
+            if lp is None:
+                continue
+            top = cu.get_top_DIE()
+            comp = top.attributes.get("DW_AT_comp_dir")
+            comp_dir = comp.value.decode(errors="replace") if comp else ""
+            files = lp["file_entry"]
+            dirs = lp["include_directory"]
+            base = 0 if lp.header.version >= 5 else 1
+
+            def path_of(i: int) -> str:
+                k = i - base
+                if not 0 <= k < len(files):
+                    return "?"
+                fe = files[k]
+                name = fe.name.decode(errors="replace")
+                d = fe.dir_index - (0 if lp.header.version >= 5 else 1)
+                if 0 <= d < len(dirs) and not name.startswith("/"):
+                    name = f"{dirs[d].decode(errors='replace')}/{name}"
+                if comp_dir and not name.startswith("/"):
+                    return f"{comp_dir}/{name}"
+                return name
+            for e in lp.get_entries():
+                st = e.state
+                if st is None:
+                    continue
+                if st.end_sequence:
+                    rows.append((st.address, None))
+                    continue
+                loc = (path_of(st.file), st.line)
+                rows.append((st.address, loc))
+                if loc not in self.line_addr or st.address < self.line_addr[loc]:
+                    self.line_addr[loc] = st.address
+        rows.sort(key=lambda r: r[0])
+        for a, loc in rows:
+            if self.addrs and self.addrs[-1] == a:
+                self.locs[-1] = loc if loc is not None else self.locs[-1]
+                continue
+            self.addrs.append(a)
+            self.locs.append(loc)
+
+    def __bool__(self) -> bool:
+        return bool(self.addrs)
+
+    def where(self, addr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self.addrs, addr) - 1
+        return self.locs[i] if i >= 0 else None
+
+    def source(self, path: str) -> list[str] | None:
+        """The lines of a source file: its own path, else the same relative path or name under guests/."""
+        if path in self._sources:
+            return self._sources[path]
+        lines = None
+        p = Path(path)
+        cands = [p] if p.is_absolute() else [REPO / p, REPO / "guests" / p]
+        if not any(c.is_file() for c in cands):
+            guests = REPO / "guests"
+            if guests.is_dir():
+                cands += sorted(guests.rglob(p.name))
+        for c in cands:
+            try:
+                if c.is_file():
+                    lines = c.read_text(errors="replace").splitlines()
+                    break
+            except OSError:
+                continue
+        self._sources[path] = lines
+        return lines
+
+
+_tables: dict[int, LineTable] = {}
+
+
+def line_table(image) -> LineTable:
+    key = id(image.elf)
+    t = _tables.get(key)
+    if t is None:
+        t = _tables[key] = LineTable(image.elf)
+    return t
+
+
+class CodePanel(Panel):
+    PANEL_ID = "code"
+    TITLE = "Code"
+    KEY = "d · l source · b break"
+    SELECTABLE = True
+    TIER = 1
+    EMPTY_HINT = "No code to show: the selected vCPU's RIP is not mapped."
+
+    def __init__(self, image=None) -> None:
+        super().__init__()
+        self.image = image
+        self.source_mode = False
+        self._insns: list[tuple[int, int, str, str]] = []   # (addr, size, mnemonic, operands)
+        self._lines: list[str] = []
+        self._first_line = 1
+        self._file = ""
+        self._cur_line: int | None = None
+        self._at: tuple | None = None      # (vcpu, rip, mode) the cursor was last put on
+
+    @property
+    def lines(self) -> LineTable | None:
+        return line_table(self.image) if self.image is not None else None
+
+    def update_ctx(self, ctx: ViewCtx) -> None:
+        self.ctx = ctx
+        cv = ctx.snap.code[ctx.vcpu] if ctx.vcpu < len(ctx.snap.code) else None
+        rip = ctx.snap.vcpus[ctx.vcpu].rip
+        cur = None
+        if self.source_mode:
+            self._insns = []
+            lt = self.lines
+            loc = lt.where(rip) if lt else None
+            src = lt.source(loc[0]) if loc else None
+            if not loc or src is None:
+                self._lines, self._cur_line, self._file = [], None, loc[0] if loc else ""
+            else:
+                self._file, line = loc
+                lo = max(1, line - SOURCE_CONTEXT)
+                hi = min(len(src), line + SOURCE_CONTEXT)
+                self._first_line, self._lines, self._cur_line = lo, src[lo - 1:hi], line
+                cur = line - lo
+            self.set_rows(len(self._lines))
+        else:
+            self._insns = []
+            if cv is not None:
+                for ins in _capstone().disasm_lite(cv.data, cv.start):
+                    self._insns.append(ins)
+                if not any(a == rip for a, *_ in self._insns):   # misaligned: from RIP only
+                    off = rip - cv.start
+                    self._insns = list(_capstone().disasm_lite(cv.data[off:], rip)) if 0 <= off < len(cv.data) else []
+            cur = next((i for i, ins in enumerate(self._insns) if ins[0] == rip), None)
+            self.set_rows(len(self._insns))
+        at = (ctx.vcpu, rip, self.source_mode, ctx.snap.time)
+        if at != self._at and cur is not None:
+            self._at = at
+            self.follow = False
+            self.cursor = cur
+            h = self.body_height()
+            self.top = max(0, min(cur - h // 3, self.max_top()))
+            self.invalidate(full=True)
+
+    def relayout(self) -> None:
+        # the height is known now: put the current line a third of the way down again
+        if self.cursor is not None and self._at is not None:
+            self.top = max(0, min(self.cursor - self.body_height() // 3, self.max_top()))
+
+    def empty_hint(self) -> str:
+        if self.source_mode:
+            if self._file:
+                return f"Source view: cannot find {self._file} (looked under guests/). l: back to the disassembly."
+            return "Source view: no DWARF line info for this address (build the guest with -g). l: disassembly."
+        return self.EMPTY_HINT
+
+    def _bp_addrs(self) -> set[int]:
+        return {b.addr for b in self.ctx.snap.breakpoints}
+
+    def _update_subtitle(self) -> None:
+        super()._update_subtitle()
+        if self.ctx is not None:
+            t = f"{self.TITLE} · vCPU {self.ctx.vcpu}"
+            if self.source_mode:
+                t += f" · {Path(self._file).name}:{self._cur_line}" if self._cur_line else " · source"
+            if t != self.border_title:
+                self.border_title = t
+
+    def row_key(self, i: int):
+        snap = self.ctx.snap
+        rip = snap.vcpus[self.ctx.vcpu].rip
+        bps = tuple(b.addr for b in snap.breakpoints)
+        if self.source_mode:
+            return ("src", self._file, self._first_line + i, self._cur_line, bps)
+        ins = self._insns[i]
+        return ("asm", ins, ins[0] == rip, ins[0] in bps)
+
+    def selected_addr(self) -> int | None:
+        """The address of the selected line (source view: the line's first address), or None."""
+        if self.cursor is None:
+            return None
+        if self.source_mode:
+            lt = self.lines
+            return lt.line_addr.get((self._file, self._first_line + self.cursor)) if lt else None
+        return self._insns[self.cursor][0] if self.cursor < len(self._insns) else None
+
+    def render_row(self, i: int, width: int) -> Row:
+        snap = self.ctx.snap
+        rip = snap.vcpus[self.ctx.vcpu].rip
+        bps = self._bp_addrs()
+        r = Row()
+        if self.source_mode:
+            n = self._first_line + i
+            addr = self.lines.line_addr.get((self._file, n))
+            cur = n == self._cur_line
+            r.add("●" if addr is not None and addr in bps else " ", self.st("bad"))
+            r.add("▶" if cur else " ", self.st("accent"))
+            r.cell(f"{n}", 6, self.st("dim"), right=True)
+            r.add("  ")
+            r.add(self._lines[i].expandtabs(8), self.st("changed") if cur else None)
+            return r
+        addr, size, mnem, ops = self._insns[i]
+        cur = addr == rip
+        r.add("●" if addr in bps else " ", self.st("bad"))
+        r.add("▶ " if cur else "  ", self.st("accent"))
+        hit = self.image.lookup(addr) if self.image is not None else None
+        label = (f"{hit[0].name}+{hit[1]:#x}" if hit[1] else hit[0].name) if hit else ""
+        r.cell(f"{addr:#x}", 11, self.st("dim"))
+        r.cell(label, 24, self.st("accent") if hit and not hit[1] else self.st("dim"))
+        r.add(f" {mnem:<7} {ops}", self.st("changed") if cur else None)
+        return r
