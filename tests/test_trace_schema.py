@@ -27,3 +27,23 @@ def test_every_record_of_a_run_parses(guest, tmp_path):
         kinds.add(e.kind)
         assert e.model_dump_json() == line
     assert {"page_out", "swapped_fault", "sync_fault", "page_in", "exit"} <= kinds
+
+
+def test_every_record_of_a_kvm_run_parses(tmp_path):
+    """A real run under pressure (machine and KVM events) produces only schema-valid records,
+    identical after a round trip."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    t = tmp_path / "t.jsonl"
+    sc = tmp_path / "s.toml"
+    sc.write_text((root / "scenarios" / "pressure.toml").read_text()
+                  .replace('image = "../guests', f'image = "{root}/guests')
+                  .replace("max_insns = 60_000_000", "max_insns = 3_000_000"))
+    main(["run", "--scenario", str(sc), "--headless", "--trace", str(t)])
+    kinds = set()
+    for line in t.read_text().splitlines():
+        e = parse_line(line)
+        kinds.add(e.kind)
+        assert e.model_dump_json() == line
+    assert {"async_pf_not_present", "async_pf_ready", "async_pf_completed", "try_async_get_page",
+            "msr_write", "wakeup_all"} <= kinds
