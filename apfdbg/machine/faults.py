@@ -42,7 +42,8 @@ class PendingEvent:
     source: str  # "exception", "interrupt", "software", "host"
     error_code: int | None = None
     cr2: int | None = None
-    insn_rip: int | None = None  # software interrupts: the `int` itself, where a fault in delivery points
+    insn_rip: tuple[int, int] | None = None  # software interrupts: (addr, size) of the block that ends
+    # with the `int`, whose RIP a fault in delivery reports
 
 
 @dataclass

@@ -228,13 +228,17 @@ class VCpu:
 
     def _software_interrupt(self, vector: int, rip: int) -> None:
         """`int n`, `int3`, `into`: delivered with the gate-DPL check; RIP is already past them,
-        but a fault while delivering points at the instruction (the last one of its block)."""
+        but a fault while delivering points at the instruction (the last one of its block, found
+        only if delivery does fault)."""
         addr, size, _n = self.accel.cur_block
-        insn = None
-        if rip == addr + size:
-            info = self.machine.decoder.decode(self._block_bytes(addr, size))
-            insn = addr + info.offsets[-1] if info.offsets else None
-        self.pending = PendingEvent(vector, "software", insn_rip=insn)
+        block = (addr, size) if rip == addr + size else None
+        self.pending = PendingEvent(vector, "software", insn_rip=block)
+
+    def _software_insn_rip(self, block: tuple[int, int] | None) -> int | None:
+        if block is None:
+            return None
+        info = self.machine.decoder.decode(self._block_bytes(*block))
+        return block[0] + info.offsets[-1] if info.offsets else None
 
     def _interrupt_arrived(self) -> None:
         self.machine.kick(self)
@@ -268,8 +272,9 @@ class VCpu:
             nxt = combine(ev.vector, res.vector) if ev.source != "interrupt" else res.vector
             if ev.source == "software":
                 nxt = res.vector
-                if ev.insn_rip is not None:
-                    self.uc.reg_write(X.UC_X86_REG_RIP, ev.insn_rip)
+                insn = self._software_insn_rip(ev.insn_rip)
+                if insn is not None:
+                    self.set_reg(X.UC_X86_REG_RIP, insn)
             if nxt is None:
                 self._triple_fault(ev.vector, res.vector)
                 return False
