@@ -113,15 +113,11 @@ def _load(args, default_scenario: str | None):
     return Engine(image, scenario), scenario
 
 
-def tui_main(argv: list[str]) -> int:
-    return _tui(build_tui_parser().parse_args(argv))
-
-
-def _tui(args) -> int:
+def _load_or_report(args, default_scenario: str | None):
+    """_load(), or EXIT_BAD_INPUT after saying on stderr what is wrong with the input."""
     from .scenario import ScenarioError
-    default = "tour.toml" if args.tour else ("default.toml" if args.image is None else None)
     try:
-        engine, scenario = _load(args, default)
+        return _load(args, default_scenario)
     except (ImageError, ScenarioError) as e:
         print(f"apfdbg: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -129,6 +125,18 @@ def _tui(args) -> int:
         for err in e.errors():
             print(f"apfdbg: --{err['loc'][0]}: {err['msg']}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def tui_main(argv: list[str]) -> int:
+    return _tui(build_tui_parser().parse_args(argv))
+
+
+def _tui(args) -> int:
+    default = "tour.toml" if args.tour else ("default.toml" if args.image is None else None)
+    loaded = _load_or_report(args, default)
+    if isinstance(loaded, int):
+        return loaded
+    engine, scenario = loaded
     if args.tour and not scenario.tour:
         print(f"apfdbg: --tour: scenario {args.scenario} has no [[tour]] steps", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -188,16 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.headless:  # `apfdbg run IMAGE` without --headless: the TUI
         args.theme, args.tour, args.paused, args.speed = None, False, False, None
         return _tui(args)
-    from .scenario import ScenarioError
-    try:
-        engine, _scenario = _load(args, None)
-    except (ImageError, ScenarioError) as e:
-        print(f"apfdbg: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValidationError as e:
-        for err in e.errors():
-            print(f"apfdbg: --{err['loc'][0]}: {err['msg']}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    loaded = _load_or_report(args, None)
+    if isinstance(loaded, int):
+        return loaded
+    engine, _scenario = loaded
     from .headless import run_headless
     from .trace import TraceWriter
     trace_file = None

@@ -12,9 +12,10 @@ data it shows, so an unchanged row costs a dictionary lookup on the next frame.
 """
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Hashable
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -480,3 +481,28 @@ def changed_style(panel: Panel, changed: bool, style: Style | None = None) -> St
     if changed:
         return panel.st("changed") if style is None else style + panel.st("changed")
     return style
+
+
+class EventListPanel(Panel):
+    """A panel listing the events of some kinds, following the snapshot's event window."""
+    KINDS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seqs: list[int] = []
+        self._end = 0
+        self._log = None
+
+    def update_ctx(self, ctx: ViewCtx) -> None:
+        self.ctx = ctx
+        w = ctx.snap.events
+        if w is None:
+            return self.set_rows(0)
+        if w.log is not self._log:
+            self._log, self._seqs, self._end = w.log, [], w.start
+        if w.end > self._end:
+            self._seqs.extend(w.select(self.KINDS, since=self._end))
+            self._end = w.end
+        if self._seqs and self._seqs[0] < w.start:
+            del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
+        self.set_rows(len(self._seqs), follow=True)

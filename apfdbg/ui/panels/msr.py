@@ -1,13 +1,11 @@
 """MSR accesses: every RDMSR/WRMSR with time, vCPU, MSR, value decoded field by field, result."""
 from __future__ import annotations
 
-import bisect
-
-from ..base import Panel, Row, ViewCtx
+from ..base import EventListPanel, Row
 from ..fmt import MSR_APF, apf_fields, msr_name
 
 
-class MsrPanel(Panel):
+class MsrPanel(EventListPanel):
     PANEL_ID = "msr"
     TITLE = "MSR accesses"
     KEY = "2"
@@ -15,26 +13,7 @@ class MsrPanel(Panel):
     EMPTY_HINT = ("No RDMSR/WRMSR yet. A paravirtual guest turns async page faults on by writing "
                   "its 64-byte area's address | 1 to MSR_KVM_ASYNC_PF_EN (0x4b564d02) on each vCPU. "
                   "Run the guest (space) or step it (.).")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seqs: list[int] = []
-        self._end = 0
-        self._log = None
-
-    def update_ctx(self, ctx: ViewCtx) -> None:
-        self.ctx = ctx
-        w = ctx.snap.events
-        if w is None:
-            return self.set_rows(0)
-        if w.log is not self._log:
-            self._log, self._seqs, self._end = w.log, [], w.start
-        if w.end > self._end:
-            self._seqs.extend(w.select(("msr_read", "msr_write"), since=self._end))
-            self._end = w.end
-        if self._seqs and self._seqs[0] < w.start:
-            del self._seqs[:bisect.bisect_left(self._seqs, w.start)]
-        self.set_rows(len(self._seqs), follow=True)
+    KINDS = ("msr_read", "msr_write")
 
     def selected_seq(self) -> int | None:
         return self._seqs[self.cursor] if self.cursor is not None and self.cursor < len(self._seqs) else None
