@@ -66,6 +66,11 @@ class Snapshot:
     code: tuple = ()                      # per vCPU: CodeView (bytes around RIP) or None
     regs: tuple = ()                      # per vCPU: dict register name -> value
     breakpoints: tuple = ()               # BreakpointView of every breakpoint, by address
+    points: tuple = ()                    # PointView of every breakpoint, watchpoint, catchpoint, by id
+    memory: tuple = ()                    # per vCPU: MemView (the memory panel's expression there)
+    stack: tuple = ()                     # per vCPU: StackView or None
+    lock: bool = True                     # stepping freezes the other vCPUs (scheduler-locking)
+    stepping: str = ""                    # the stepping command in progress ("" when none)
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,59 @@ class BreakpointView:
     hits: int
 
 
+@dataclass(frozen=True)
+class PointView:
+    id: int
+    kind: str                # "break", "watch", "catch"
+    label: str               # pf_handler, trap.c:107, write apf_reason_area [4], apf not-present
+    addr: int | None
+    vcpu: int | None         # None: every vCPU
+    condition: str | None
+    hits: int
+
+
+@dataclass(frozen=True)
+class MemView:
+    """`rows` of 16 bytes from `addr` (None: that row is not mapped), read through the vCPU's page
+    tables, or guest-physical when `physical`."""
+    expr: str
+    addr: int | None
+    rows: tuple
+    physical: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """The interrupt frame of the innermost event being handled (from the delivery that pushed it)."""
+    vector: int
+    name: str
+    at: int                  # address of the frame's first word (the error code when there is one)
+    error_code: int | None
+    rip: int
+    cs: int
+    rflags: int
+    rsp: int
+    ss: int
+    handler: int
+
+
+@dataclass(frozen=True)
+class StackView:
+    rsp: int
+    words: tuple             # qwords from RSP up (None: not mapped)
+    frame: FrameView | None
+
+
 #: registers the Registers panel shows (names as in apfdbg.machine.debug.REGS, plus efer)
 SNAP_REGS = ("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags "
              "cr0 cr2 cr3 cr4 cs ss ds es fs gs fs_base gs_base").split()
+MEM_ROWS = 16          # the memory panel's rows of 16 bytes
+STACK_WORDS = 32       # qwords of stack from RSP
+#: registers the TUI may edit (the others would need the machine to re-derive state it caches)
+EDITABLE_REGS = frozenset(("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags cr2 "
+                           "fs_base gs_base").split())
+STEP_MODES = ("into", "over", "out", "line", "line_over")
 CODE_BEFORE = 192      # at most this many bytes of code before RIP (from the symbol's start)
 CODE_AFTER = 96
 
@@ -286,6 +341,17 @@ class Engine:
         self._snapshot_key: tuple | None = None
         self._lock = threading.Lock()
         self.error: str | None = None
+        self.lock = True                       # stepping freezes the other vCPUs
+        self._sync_limit: int | None = None
+        self._task_vcpu = 0
+        self._in_step = False
+        self.mem_expr = "reason"               # what the memory panel shows
+        self._task = None                      # a stepping command in progress (generator)
+        self._task_note = ""
+        self._frames: dict[int, list] = {}     # per vCPU: recent deliveries (for the stack panel)
+        #: another thread owns the machine (the gdb stub): it calls service() between its slices
+        self.external = False
+        self._last_service = 0.0
 
     def _poke(self, poke) -> None:
         addr = poke.at
@@ -366,7 +432,7 @@ class Engine:
         def counted() -> None:
             fn()
             self.commands_done += 1
-        if self._thread is None:
+        if self._thread is None and not self.external:
             counted()
         else:
             self._commands.put(counted)
@@ -473,6 +539,7 @@ class Engine:
                     what = "instruction" if not m.exit_requested and v.run(v.retired + 1) else "blocked"
             finally:
                 self._stepping = False
+            hit = m.debug_stop         # a watchpoint or catchpoint the step set off
             m.debug_stop = None        # a single step is a stop of its own
             n = v.retired - before
             where = f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}"
@@ -482,6 +549,8 @@ class Engine:
                 why = f"vCPU {vcpu} is {v.state.value}: nothing ran ({what})"
             else:
                 why = f"vCPU {vcpu} stepped {n} instruction{'s' if n != 1 else ''}: {where}"
+            if hit is not None and hit.reason != "step":
+                why += f"; {self._describe_stop(hit)}"
             self.stop_reason = why
             self.message = why
             self.stop_event = None
@@ -508,15 +577,20 @@ class Engine:
             return
         m = self.machine
         limit = m.now + (max_insns or self.SYNC_LIMIT)
+        self._sync_limit = limit
         while self._running.is_set() and not m.exit_requested and m.now < limit:
             m.pause_requested = False
-            m.step(until=limit)
+            if self._task is not None:
+                self._advance_task()
+            else:
+                m.step(until=limit)
             if self._debug_stopped():
                 break
+        self._cancel_task()
         if m.exit_requested:
             m.finish()
             self._exited()
-        elif self._running.is_set() and (self._break is not None or self._step_events):
+        elif self._running.is_set() and (self._break is not None or self._step_events or self._task):
             self._stop_run(f"nothing matched within {max_insns or self.SYNC_LIMIT:,} instructions")
 
     def _debug_stopped(self) -> bool:
@@ -526,14 +600,22 @@ class Engine:
         if st is None:
             return False
         m.debug_stop = None
-        where = self.image.describe(st.rip)
-        if st.reason == "watchpoint" and st.address is not None:
-            why = f"watchpoint at {st.address:#x} ({where}) on vCPU {st.vcpu}"
-        else:
-            why = f"{st.reason} at {where} on vCPU {st.vcpu}"
+        why = self._describe_stop(st)
         self._stop_run(why)
         self.message = why
         return True
+
+    def _describe_stop(self, st) -> str:
+        rip = self.machine.vcpus[st.vcpu].rip if st.vcpu < len(self.machine.vcpus) else st.rip
+        where = self.image.describe(rip)
+        point = self.debugger.breakpoints.get(st.id) or self.debugger.watchpoints.get(st.id)
+        num = f" {st.id}" if st.id is not None else ""
+        if st.reason == "watchpoint" and st.address is not None:
+            label = f" ({point.label})" if point is not None and point.label else ""
+            return f"watchpoint{num}{label}: access to {st.address:#x} by vCPU {st.vcpu}, now at {where}"
+        if st.reason == "event":
+            return f"catchpoint{num}: {st.detail}, vCPU {st.vcpu} at {where}"
+        return f"{st.reason}{num} at {where} on vCPU {st.vcpu}"
 
     # --- breakpoints (commands: run them through command()) ---------------------------------------
     def toggle_breakpoint(self, addr: int) -> None:
@@ -550,6 +632,158 @@ class Engine:
                 self.message = f"breakpoint {bp.id} at {self.image.describe(addr)} ({addr:#x}), every vCPU"
         self.command(go)
 
+    def add_point(self, text: str, vcpu: int | None = None) -> None:
+        """Queue: a breakpoint, watchpoint or catchpoint in the syntax of apfdbg.points (`vcpu`: the
+        default when the text names none). The message says what was set, or what is wrong."""
+        def go() -> None:
+            from .points import PointError, parse_point
+            try:
+                spec = parse_point(text, self.image, len(self.machine.vcpus), vcpu)
+            except PointError as e:
+                self.message = f"not set: {e}"
+                return
+            self.message = self._set_point(spec)
+        self.command(go)
+
+    def _set_point(self, spec) -> str:
+        dbg = self.debugger
+        on = "every vCPU" if spec.vcpu is None else f"vCPU {spec.vcpu}"
+        if spec.kind == "break":
+            bp = dbg.add_breakpoint(spec.addr, spec.vcpu, spec.condition, label=spec.label,
+                                    names=self._symbol_value)
+            cond = f" if {spec.condition}" if spec.condition else ""
+            return f"breakpoint {bp.id} at {spec.label} ({spec.addr:#x}){cond}, {on}"
+        if spec.kind == "watch":
+            wp = dbg.add_watchpoint(spec.addr, spec.size, spec.access, spec.vcpu, label=spec.label)
+            return f"watchpoint {wp.id}: {spec.label} ({spec.addr:#x}, {spec.size} bytes), {on}"
+        cp = dbg.add_catchpoint(spec.match.matches, spec.label, spec.vcpu)
+        return f"catchpoint {cp.id}: {spec.label}, {on}"
+
+    def _symbol_value(self, name: str) -> int | None:
+        sym = self.image.symbol(name)
+        return sym.addr if sym is not None else None
+
+    def remove_point(self, point_id: int) -> None:
+        def go() -> None:
+            ok = self.debugger.remove(point_id)
+            self.message = f"deleted point {point_id}" if ok else f"no point {point_id}"
+        self.command(go)
+
+    def set_lock(self, frozen: bool) -> None:
+        """Whether stepping commands freeze the other vCPUs (the default) or let them run."""
+        def go() -> None:
+            self.lock = frozen
+            self.message = ("stepping freezes the other vCPUs" if frozen
+                            else "the other vCPUs run while one steps")
+        self.command(go)
+
+    def set_register(self, vcpu: int, name: str, value: int) -> None:
+        """Queue: write a register of a stopped vCPU (general registers, rip, rflags, cr2, fs/gs base)."""
+        def go() -> None:
+            from .machine.debug import REGS
+            reg = name.lower()
+            if reg not in EDITABLE_REGS:
+                self.message = (f"{name} is read-only here: the machine derives state from it (page tables, "
+                                "segment caches); change it from the guest")
+                return
+            v = self.machine.vcpus[vcpu]
+            val = value & (2**64 - 1)
+            if reg == "rflags":
+                val = (val & 0x3F7FD5) | 0x2   # reserved bits as the CPU keeps them
+            if reg == "rip":
+                v.uc.ctl_remove_cache(val, val + 1)
+            v.set_reg(REGS[reg], val)
+            self.message = f"vCPU {vcpu}: {reg} = {val:#x}"
+        self.command(go)
+
+    def set_memory_view(self, expr: str) -> None:
+        """What the memory panel shows: an expression over registers and symbols (`rsp`,
+        `apf_reason_area + 64`, `u64(rsp)`), `reason` (the vCPU's reason area, guest-physical) or
+        `phys 0x1000` (guest-physical), re-evaluated at every snapshot (so `rsp` follows RSP)."""
+        def go() -> None:
+            text = expr.strip() or "reason"
+            err = self._mem_check(text)
+            if err:
+                self.message = f"memory view: {err}"
+                return
+            self.mem_expr = text
+            self.message = f"memory view: {text}"
+        self.command(go)
+
+    def step(self, vcpu: int, mode: str = "into") -> None:
+        """Step `vcpu`: "into" (one instruction), "over" (calls and int run through), "out" (to the
+        return of the current function or handler), "line" / "line_over" (to the next source line)."""
+        if mode == "into":
+            self.step_instruction(vcpu)
+            return
+        if mode not in STEP_MODES:
+            raise ValueError(f"step mode {mode!r}: one of {', '.join(STEP_MODES)}")
+        self._start_task(vcpu, mode, None)
+
+    def run_to_cursor(self, vcpu: int, addr: int) -> None:
+        """Run until `vcpu` reaches `addr` (other stops win), then pause."""
+        self._start_task(vcpu, "to", addr)
+
+    def _start_task(self, vcpu: int, mode: str, addr: int | None) -> None:
+        from .debuginfo import line_table
+        from .stepping import Stepper
+
+        def go() -> None:
+            m = self.machine
+            if m.exit_requested:
+                self.message = self.stop_reason
+                return
+            self._cancel_task()
+            self._break = None
+            self._step_events = 0
+            st = Stepper(m, vcpu, lock=self.lock, describe=self.image.describe, lines=line_table(self.image),
+                         limit=self._task_limit)
+            gen = {"over": st.over, "out": st.out, "line": lambda: st.line(False),
+                   "line_over": lambda: st.line(True)}.get(mode)
+            self._task = gen() if gen else st.to(addr)
+            names = {"over": "step over", "out": "step out", "line": "source step", "line_over": "source next",
+                     "to": f"run to {self.image.describe(addr or 0)}"}
+            self._task_note = f"{names[mode]} on vCPU {vcpu}" + (" (others frozen)" if self.lock else "")
+            self._task_vcpu = vcpu
+            self.stop_reason = ""
+            self.message = self._task_note
+            self._running.set()
+        self.command(go)
+        self._drive_sync()
+
+    def _task_limit(self) -> int | None:
+        return self._sync_limit if self._thread is None and not self.external else None
+
+    def _cancel_task(self) -> None:
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.close()   # its temporary breakpoints go
+
+    def _advance_task(self) -> None:
+        """Engine thread: run the stepping command until it yields (a UI slice) or ends."""
+        from .stepping import Interrupted, StepError
+        m = self.machine
+        self._in_step = True
+        try:
+            next(self._task)
+            return
+        except StopIteration as e:
+            self._task = None
+            why = f"vCPU {self._task_vcpu}: {e.value}"
+            self._stop_run(why)
+            self.message = why
+        except Interrupted:
+            self._task = None
+            if m.debug_stop is None and not m.exit_requested:
+                self._stop_run(f"{self._task_note}: interrupted")
+        except StepError as e:
+            self._task = None
+            why = f"{self._task_note}: {e}"
+            self._stop_run(why)
+            self.message = why
+        finally:
+            self._in_step = False
+
     def _drive_sync(self) -> None:
         if self._thread is None and self._running.is_set():
             self.pump()
@@ -560,6 +794,14 @@ class Engine:
             self._last_fault_gfn[e.vcpu] = e.gfn
         elif e.kind == "msr_write" and e.handler == "kvm" and e.result == "ok" and e.value & 1:
             self._last_area[e.vcpu] = e.value & ~0x3F   # the reason area, remembered across a disable
+        elif e.kind == "inject" and e.vcpu is not None:
+            # the frame the delivery pushed starts at the handler's RSP (the stack panel finds the
+            # innermost one still on the stack)
+            frames = self._frames.setdefault(e.vcpu, [])
+            frames.append((e.vector, e.error_code, e.handler, e.rip,
+                           self.machine.vcpus[e.vcpu].reg(_RSP)))
+            if len(frames) > 32:
+                del frames[:16]
         if self._stepping:
             return
         if self._break is not None:
@@ -604,7 +846,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """Build a snapshot now (engine thread, or when nothing else runs the machine)."""
         m = self.machine
-        views, areas, code, regs = [], [], [], []
+        views, areas, code, regs, mem, stack = [], [], [], [], [], []
         apf = self._apf_snapshot()
         for v, st in zip(m.vcpus, apf):
             rip = v.rip
@@ -614,6 +856,8 @@ class Engine:
                 pending=_pending(v), stall_gfn=v.stall_gfn, task=self._task_of(v)))
             code.append(self._code_view(v, rip))
             regs.append(self._regs_of(v))
+            mem.append(self._mem_view(v))
+            stack.append(self._stack_view(v))
             if st.enabled:
                 self._last_area[v.index] = st.area_gpa
             gpa = self._last_area.get(v.index)
@@ -633,7 +877,87 @@ class Engine:
             profile=self.kvm.profile, error=self.error, stop_event=None if running else self.stop_event,
             code=tuple(code), regs=tuple(regs), breakpoints=tuple(sorted(
                 (BreakpointView(b.id, b.addr, b.vcpu, b.condition, b.hits)
-                 for b in self.debugger.breakpoints.values()), key=lambda b: (b.addr, b.id))))
+                 for b in self.debugger.breakpoints.values() if not b.temporary), key=lambda b: (b.addr, b.id))),
+            points=self._points(), memory=tuple(mem), stack=tuple(stack), lock=self.lock,
+            stepping=self._task_note if self._task is not None else "")
+
+    def _points(self) -> tuple:
+        d = self.debugger
+        out = [PointView(b.id, "break", b.label or self.image.describe(b.addr), b.addr, b.vcpu, b.condition, b.hits)
+               for b in d.breakpoints.values() if not b.temporary]
+        out += [PointView(w.id, "watch", w.label or f"{w.kind} {w.addr:#x} [{w.size}]", w.addr, w.vcpu, None, w.hits)
+                for w in d.watchpoints.values()]
+        out += [PointView(c.id, "catch", c.label, None, c.vcpu, None, c.hits)
+                for c in getattr(d, "catchpoints", {}).values()]
+        return tuple(sorted(out, key=lambda p: p.id))
+
+    def _mem_names(self, v) -> Callable[[str], int | None]:
+        def names(n: str) -> int | None:
+            if n == "reason":
+                return self._last_area.get(v.index)
+            return self._symbol_value(n)
+        return names
+
+    def _mem_target(self, v, text: str) -> tuple[int | None, bool]:
+        from .machine.debug import compile_expr
+        physical = False
+        if text.startswith("phys ") or text == "reason":
+            physical = True
+            text = text[5:] if text.startswith("phys ") else text
+        return compile_expr(text, self._mem_names(v))(v) & (2**64 - 1), physical
+
+    def _mem_check(self, text: str) -> str:
+        from .machine.debug import ConditionError
+        v = self.machine.vcpus[0]
+        try:
+            self._mem_target(v, text)
+        except ConditionError as e:
+            return str(e)
+        except Exception as e:  # noqa: BLE001  (an expression the user typed)
+            return f"{text!r}: {e}"
+        return ""
+
+    def _mem_view(self, v) -> MemView:
+        text = self.mem_expr
+        if text == "reason" and self._last_area.get(v.index) is None:
+            return MemView(text, None, (), True, "no reason area yet (the guest has not enabled async PF)")
+        try:
+            addr, physical = self._mem_target(v, text)
+        except Exception as e:  # noqa: BLE001
+            return MemView(text, None, (), False, str(e))
+        addr &= ~0xF
+        rows = []
+        ram = self.machine.ram
+        for i in range(MEM_ROWS):
+            a = addr + 16 * i
+            if physical:
+                rows.append(ram.read(a, 16) if ram.contains(a, 16) else None)
+            else:
+                rows.append(v.peek(a, 16))
+        return MemView(text, addr, tuple(rows), physical)
+
+    def _stack_view(self, v) -> StackView | None:
+        try:
+            rsp = v.reg(_RSP)
+        except Exception:  # noqa: BLE001
+            return None
+        words = []
+        for i in range(STACK_WORDS):
+            raw = v.peek(rsp + 8 * i, 8)
+            words.append(int.from_bytes(raw, "little") if raw is not None else None)
+        frame = None
+        for vector, err, handler, ret_rip, at in reversed(self._frames.get(v.index, ())):
+            slot = at + (8 if err is not None else 0)
+            if not (rsp <= slot + 32 and slot - rsp <= 0x10000):
+                continue
+            raw = v.peek(slot, 40)
+            if raw is None or int.from_bytes(raw[:8], "little") != ret_rip:
+                continue
+            q = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, 40, 8)]
+            frame = FrameView(vector, _vector_name(vector) if vector < 32 else f"vector {vector:#x}", at, err,
+                              q[0], q[1], q[2], q[3], q[4], handler)
+            break
+        return StackView(rsp, tuple(words), frame)
 
     def _code_view(self, v, rip: int) -> "CodeView | None":
         """The code around RIP (engine thread): from the covering symbol's start when it is close."""
@@ -729,9 +1053,38 @@ class Engine:
                     return name
         return f"task@{ptr:#x}"
 
+    # --- driven by another thread (the gdb stub) ---------------------------------------------------
+    def drive_externally(self) -> None:
+        """From now on another thread runs the machine and calls service(); UI commands queue up
+        for it, and `latest` returns what it last published."""
+        self.external = True
+        self._publish()
+
+    def service(self, force: bool = False) -> bool:
+        """Driver thread, between slices: run queued commands, publish a snapshot (at most 20 per
+        second unless forced or a command ran). True if a command ran."""
+        ran = False
+        while not self._commands.empty():
+            self._commands.get_nowait()()
+            ran = True
+        now = time.monotonic()
+        if ran or force or now - self._last_service >= 0.05:
+            self._last_service = now
+            self._publish()
+        return ran
+
+    def external_state(self, running: bool, reason: str = "") -> None:
+        """Driver thread: say whether the machine runs, or why it stopped (shown in the status bar)."""
+        if running:
+            self.stop_reason = ""
+            self._running.set()
+        else:
+            self._running.clear()
+            self.stop_reason = reason or self.stop_reason
+
     @property
     def latest(self) -> Snapshot:
-        if self._thread is not None:
+        if self._thread is not None or self.external:
             with self._lock:
                 snap = self._snapshot
             if snap is not None:
@@ -785,6 +1138,7 @@ class Engine:
                     self._publish()          # show the command's effect now, not at the next tick
                     last_snap = time.monotonic()
                 if not self._running.is_set() or m.exit_requested:
+                    self._cancel_task()       # a pause ends a stepping command
                     if m.exit_requested and not m._finished:
                         m.finish()
                         self._exited()
@@ -798,11 +1152,14 @@ class Engine:
                 # pause resumes the interrupted turn, so the run is the same as a headless one
                 # (slicing with step(until=...) would end turns early and change it).
                 m.pause_requested = False
-                self._in_step = True
-                try:
-                    m.step()
-                finally:
-                    self._in_step = False
+                if self._task is not None:
+                    self._advance_task()
+                else:
+                    self._in_step = True
+                    try:
+                        m.step()
+                    finally:
+                        self._in_step = False
                 self._debug_stopped()
                 if m.exit_requested:
                     m.finish()
@@ -868,6 +1225,7 @@ def _pending(v) -> str:
 
 
 from unicorn.x86_const import UC_X86_REG_CR2 as _CR2  # noqa: E402
+from unicorn.x86_const import UC_X86_REG_RSP as _RSP  # noqa: E402
 from unicorn.x86_const import UC_X86_REG_MSR as _MSR_REG  # noqa: E402
 
 from .machine.faults import vector_name as _vector_name  # noqa: E402

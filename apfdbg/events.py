@@ -15,6 +15,10 @@ TraceEvent = Annotated[Union[ALL_EVENT_TYPES], Field(discriminator="kind")]  # t
 trace_adapter: TypeAdapter = TypeAdapter(TraceEvent)
 
 
+def event_kinds() -> list[str]:
+    return sorted(c.model_fields["kind"].default for c in ALL_EVENT_TYPES)
+
+
 def parse_line(line: str):
     """One JSON Lines trace record -> its typed event (raises pydantic.ValidationError)."""
     return trace_adapter.validate_json(line)

@@ -31,6 +31,18 @@ class Breakpoint:
     condition: str | None = None     # e.g. "rax == 5 and u64(rsp + 8) != 0"
     hits: int = 0
     _check: Callable | None = field(default=None, repr=False)
+    temporary: bool = False          # a stepping command's own (not listed, removed by its owner)
+    label: str = ""                  # how the user wrote it (pf_handler, trap.c:107)
+
+
+@dataclass
+class Catchpoint:
+    """An event breakpoint: stop when an event the machine or the host reports matches."""
+    id: int
+    label: str                       # e.g. "apf not-present token=0x1"
+    match: Callable[[object], bool] = field(repr=False)
+    vcpu: int | None = None
+    hits: int = 0
 
 
 @dataclass
@@ -41,6 +53,7 @@ class Watchpoint:
     kind: str = "write"              # "write", "read", "access"
     vcpu: int | None = None
     hits: int = 0
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,12 +78,19 @@ _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
         ast.Gt: operator.gt, ast.GtE: operator.ge}
 
 
-def compile_condition(text: str) -> Callable[["VCpu"], bool]:
+def compile_condition(text: str, names: Callable[[str], int | None] | None = None) -> Callable[["VCpu"], bool]:
     """A safe expression over registers (rax, rip, cr2, ...) and memory (u8/u16/u32/u64(addr))."""
+    ev = compile_expr(text, names)
+    return lambda cpu: bool(ev(cpu))
+
+
+def compile_expr(text: str, names: Callable[[str], int | None] | None = None) -> Callable[["VCpu"], int]:
+    """A safe integer expression: registers, numbers, `names` (e.g. the image's symbols),
+    u8..u64(addr) memory reads through the vCPU's page tables, arithmetic and comparisons."""
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ConditionError(f"condition {text!r}: {e.msg}") from None
+        raise ConditionError(f"{text!r}: {e.msg}") from None
 
     def ev(n, cpu):
         if isinstance(n, ast.Expression):
@@ -79,6 +99,10 @@ def compile_condition(text: str) -> Callable[["VCpu"], bool]:
             return n.value
         if isinstance(n, ast.Name) and n.id in REGS:
             return cpu.reg(REGS[n.id])
+        if isinstance(n, ast.Name) and names is not None:
+            val = names(n.id)
+            if val is not None:
+                return val
         if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
             return _OPS[type(n.op)](ev(n.left, cpu), ev(n.right, cpu)) & (2**64 - 1)
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not):
@@ -101,11 +125,13 @@ def compile_condition(text: str) -> Callable[["VCpu"], bool]:
             size = int(n.func.id[1:]) // 8
             raw = cpu.peek(ev(n.args[0], cpu), size)
             return int.from_bytes(raw, "little") if raw is not None else 0
-        raise ConditionError(f"condition {text!r}: {ast.dump(n)[:40]}... is not allowed "
-                             "(registers, numbers, u8..u64(addr), arithmetic, comparisons, and/or/not)")
+        if isinstance(n, ast.Name):
+            raise ConditionError(f"{text!r}: no register or symbol named {n.id!r}")
+        raise ConditionError(f"{text!r}: {ast.dump(n)[:40]}... is not allowed "
+                             "(registers, symbols, numbers, u8..u64(addr), arithmetic, comparisons, and/or/not)")
 
     ev(tree, _Probe())  # reject bad syntax now, not at the first hit
-    return lambda cpu: bool(ev(tree, cpu))
+    return lambda cpu: ev(tree, cpu)
 
 
 class _Probe:
@@ -121,14 +147,19 @@ class Debugger:
         self.m = machine
         self.breakpoints: dict[int, Breakpoint] = {}
         self.watchpoints: dict[int, Watchpoint] = {}
+        self.catchpoints: dict[int, Catchpoint] = {}
         self._ids = itertools.count(1)
         self._hooks: dict[int, list[tuple["VCpu", int]]] = {}
         machine.debugger = self
 
     # --- breakpoints --------------------------------------------------------------------------
-    def add_breakpoint(self, addr: int, vcpu: int | None = None, condition: str | None = None) -> Breakpoint:
+    def add_breakpoint(self, addr: int, vcpu: int | None = None, condition: str | None = None, *,
+                       check: Callable[["VCpu"], bool] | None = None, temporary: bool = False,
+                       label: str = "", names: Callable[[str], int | None] | None = None) -> Breakpoint:
+        """`check` (a Python predicate on the vCPU) is for stepping commands; users write `condition`."""
         bp = Breakpoint(next(self._ids), addr, vcpu, condition,
-                        _check=compile_condition(condition) if condition else None)
+                        _check=compile_condition(condition, names) if condition else check,
+                        temporary=temporary, label=label)
         self.breakpoints[bp.id] = bp
         hooks = []
         for v in self.m.vcpus:
@@ -139,10 +170,10 @@ class Debugger:
         return bp
 
     def add_watchpoint(self, addr: int, size: int = 8, kind: str = "write",
-                       vcpu: int | None = None) -> Watchpoint:
+                       vcpu: int | None = None, label: str = "") -> Watchpoint:
         if kind not in ("write", "read", "access"):
             raise ValueError(f"watchpoint kind {kind!r}: write, read or access")
-        wp = Watchpoint(next(self._ids), addr, size, kind, vcpu)
+        wp = Watchpoint(next(self._ids), addr, size, kind, vcpu, label=label)
         self.watchpoints[wp.id] = wp
         types = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                  "access": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}[kind]
@@ -154,13 +185,40 @@ class Debugger:
         self._hooks[wp.id] = hooks
         return wp
 
+    def add_catchpoint(self, match: Callable[[object], bool], label: str, vcpu: int | None = None) -> Catchpoint:
+        """Stop the machine when an event matching `match` (and `vcpu`) is reported."""
+        cp = Catchpoint(next(self._ids), label, match, vcpu)
+        self.catchpoints[cp.id] = cp
+        if self._on_event not in self.m.sinks:
+            self.m.sinks.append(self._on_event)
+        return cp
+
     def remove(self, point_id: int) -> bool:
         for v, h in self._hooks.pop(point_id, []):
             v.uc.hook_del(h)
             v.uc.ctl_flush_tb()
-        return (self.breakpoints.pop(point_id, None) or self.watchpoints.pop(point_id, None)) is not None
+        return (self.breakpoints.pop(point_id, None) or self.watchpoints.pop(point_id, None)
+                or self.catchpoints.pop(point_id, None)) is not None
+
+    def _on_event(self, e) -> None:
+        if not self.catchpoints:
+            return
+        for cp in self.catchpoints.values():
+            if (cp.vcpu is None or e.vcpu == cp.vcpu) and cp.match(e):
+                cp.hits += 1
+                idx = e.vcpu if e.vcpu is not None else 0
+                v = self.m.vcpus[idx] if idx < len(self.m.vcpus) else None
+                self.hit(DebugStop("event", idx, v.rip if v is not None else 0, cp.id,
+                                   detail=f"{cp.label} (event {e.kind} at time {e.time:,})"))
+                return
 
     # --- stops ---------------------------------------------------------------------------------
     def hit(self, stop: DebugStop) -> None:
+        if self.m.debug_stop is not None:
+            return  # the first stop of a slice is the one reported
         self.m.debug_stop = stop
-        self.m.pause_requested = True
+        rp = getattr(self.m, "request_pause", None)
+        if rp is not None:
+            rp()  # also stops the running vCPU at its next block entry
+        else:
+            self.m.pause_requested = True

@@ -357,6 +357,41 @@ class Machine:
             if due is not None and due <= tl.now:
                 tl.run_due()
 
+    def run_alone(self, v: VCpu, until: int | None = None) -> str:
+        """Run only `v`, every other vCPU frozen (gdb's scheduler-locking), until a pause, the exit
+        or virtual time `until`; timed host events still happen, and while `v` cannot run time skips
+        to the next one.  Returns "paused", "time", "exited" or "blocked" (nothing can wake `v`)."""
+        tl = self.timeline
+        self._solo = False
+        while True:
+            if self.exit_requested:
+                return "exited"
+            if self.pause_requested:
+                return "paused"
+            if until is not None and tl.now >= until:
+                return "time"
+            due = tl.next_due()
+            if due is not None and due <= tl.now:
+                tl.run_due()
+                continue
+            if not v.wants_to_run():
+                if due is None:
+                    return "blocked"
+                tl.now = due if until is None else min(due, until)
+                continue
+            budget = SOLO_BUDGET
+            if due is not None:
+                budget = min(budget, due - tl.now)
+            if until is not None:
+                budget = min(budget, until - tl.now)
+            mark = (v.retired, tl.now, self._activity)
+            if not v.run(v.retired + max(1, budget)):
+                return "paused"
+            if (v.retired, tl.now, self._activity) == mark and tl.next_due() == due:
+                if due is None:
+                    return "blocked"
+                tl.now = due if until is None else min(due, until)
+
     def finish(self) -> RunResult:
         """Flush what is buffered and report the end of the run (once)."""
         if not self._finished:

@@ -342,6 +342,8 @@ class VCpu:
                 return True
             if not self.deliver_pending() or self.state is not State.RUNNING:
                 return True
+            if m.pause_requested:
+                return False  # e.g. a catchpoint on the delivery: stop at the handler's first instruction
             due = m.timeline.next_due()
             if due is not None:  # an exit may have armed a timer (APIC, host) since the turn began
                 if due <= m.now:

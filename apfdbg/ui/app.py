@@ -137,6 +137,14 @@ class ApfApp(App):
             return bool(self.tour_steps)
         return True
 
+    def gdb_drives(self) -> bool:
+        """Run control belongs to gdb when the stub drives the engine: say so instead of acting."""
+        if self.engine.external:
+            self.notify("gdb drives this run: continue, step and interrupt from gdb (host keys still work).",
+                        severity="warning")
+            return True
+        return False
+
     # --- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -171,7 +179,9 @@ class ApfApp(App):
     def on_mount(self) -> None:
         eng = self.engine
         self._apply_speed(start=True)
-        if self.threaded:
+        if eng.external:
+            pass  # another thread (the gdb stub) runs the machine and publishes snapshots
+        elif self.threaded:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(GIL_SWITCH_INTERVAL)
             eng.start(running=not self.start_paused and self.speed != "key")
@@ -186,7 +196,7 @@ class ApfApp(App):
             self.action_tour_next()
 
     def on_unmount(self) -> None:
-        if self.threaded:
+        if self.threaded and not self.engine.external:
             self.engine.stop()
             sys.setswitchinterval(self._switch_interval)
 
@@ -396,6 +406,8 @@ class ApfApp(App):
 
     # --- actions: run control ----------------------------------------------------------------------
     def action_toggle_run(self) -> None:
+        if self.gdb_drives():
+            return
         snap = self.engine.latest
         if snap.running:
             self.engine.pause()
@@ -407,18 +419,24 @@ class ApfApp(App):
         self.poll()
 
     def action_step_instruction(self) -> None:
+        if self.gdb_drives():
+            return
         self.engine.pause()
         self.engine.step_instruction(self.vcpu)
         self._expect_change()
         self.poll()
 
     def action_step_event(self) -> None:
+        if self.gdb_drives():
+            return
         self.engine.pause()
         self.engine.step_events(1)
         self._expect_change()
         self.poll()
 
     def action_next_apf(self) -> None:
+        if self.gdb_drives():
+            return
         self.engine.pause()
         self.engine.run_until(EventMatch(kind=list(APF_BREAK_KINDS)), note="reached the next async-PF event")
         self._expect_change()

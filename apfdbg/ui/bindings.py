@@ -51,7 +51,7 @@ KEYS: list[Key] = [
         "cleared, hash reset).", "Host", footer=False),
     # --- debugger ---
     Key("b", "toggle_breakpoint", "breakpoint", "Toggle a breakpoint at the line selected in the Code panel, on "
-        "every vCPU (a run stops there: 'breakpoint at SYMBOL on vCPU N').", "Debug", footer=False),
+        "every vCPU (a run stops there: 'breakpoint N at SYMBOL on vCPU M').", "Debug", footer=False),
     Key("l", "toggle_source", "source/asm", "Code panel: switch between the disassembly and the source line "
         "(DWARF line info).", "Debug", footer=False),
     # --- view ---

@@ -2,6 +2,8 @@
 and what the screen shows afterwards.  The engine runs on the test's thread (no engine thread)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from apfdbg.ui.app import SPEEDS, ApfApp
@@ -432,10 +434,10 @@ async def test_b_toggles_a_breakpoint_and_a_run_stops_there():
         app.poll(force=True)
         await pilot.pause()
         snap = eng.latest
-        assert not snap.running and snap.stop_reason.startswith(f"breakpoint at {where} on vCPU ")
+        assert not snap.running and snap.stop_reason.startswith(f"breakpoint 1 at {where} on vCPU ")
         v = int(snap.stop_reason.rsplit(" ", 1)[1])
         assert snap.vcpus[v].rip == addr
-        assert f"breakpoint at {where} on vCPU {v}" in status(app)
+        assert f"breakpoint 1 at {where} on vCPU {v}" in status(app)
         # b again on the same line removes it
         app._set_vcpu(v)
         await pilot.pause()
@@ -501,7 +503,7 @@ def test_engine_thread_stops_at_a_breakpoint():
             snap = eng.latest
             if not snap.running and snap.stop_reason:
                 break
-        assert snap.stop_reason.startswith(f"breakpoint at {eng.image.describe(addr)} on vCPU ")
+        assert re.match(rf"breakpoint \d+ at {re.escape(eng.image.describe(addr))} on vCPU ", snap.stop_reason)
         v = int(snap.stop_reason.rsplit(" ", 1)[1])
         assert snap.vcpus[v].rip == addr and snap.breakpoints[0].hits == 1
     finally:

@@ -6,6 +6,7 @@ import bisect
 import io
 from pathlib import Path
 
+from ...debuginfo import LineTable, line_table  # noqa: F401  (re-exported)
 from ..base import Panel, Row, ViewCtx
 
 REPO = Path(__file__).resolve().parents[3]
@@ -20,109 +21,6 @@ def _capstone():
         import capstone
         _cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     return _cs
-
-
-class LineTable:
-    """DWARF line info of an image: address -> (file, line), (file, line) -> first address."""
-
-    def __init__(self, elf: bytes | None) -> None:
-        self.addrs: list[int] = []
-        self.locs: list[tuple[str, int] | None] = []
-        self.line_addr: dict[tuple[str, int], int] = {}
-        self._sources: dict[str, list[str] | None] = {}
-        if elf:
-            try:
-                self._load(elf)
-            except Exception:           # no or unreadable DWARF: no source view
-                self.addrs, self.locs = [], []
-
-    def _load(self, elf: bytes) -> None:
-        from elftools.elf.elffile import ELFFile
-        f = ELFFile(io.BytesIO(elf))
-        if not f.has_dwarf_info():
-            return
-        dw = f.get_dwarf_info()
-        rows: list[tuple[int, tuple[str, int] | None]] = []
-        for cu in dw.iter_CUs():
-            lp = dw.line_program_for_CU(cu)
-            if lp is None:
-                continue
-            top = cu.get_top_DIE()
-            comp = top.attributes.get("DW_AT_comp_dir")
-            comp_dir = comp.value.decode(errors="replace") if comp else ""
-            files = lp["file_entry"]
-            dirs = lp["include_directory"]
-            base = 0 if lp.header.version >= 5 else 1
-
-            def path_of(i: int) -> str:
-                k = i - base
-                if not 0 <= k < len(files):
-                    return "?"
-                fe = files[k]
-                name = fe.name.decode(errors="replace")
-                d = fe.dir_index - (0 if lp.header.version >= 5 else 1)
-                if 0 <= d < len(dirs) and not name.startswith("/"):
-                    name = f"{dirs[d].decode(errors='replace')}/{name}"
-                if comp_dir and not name.startswith("/"):
-                    return f"{comp_dir}/{name}"
-                return name
-            for e in lp.get_entries():
-                st = e.state
-                if st is None:
-                    continue
-                if st.end_sequence:
-                    rows.append((st.address, None))
-                    continue
-                loc = (path_of(st.file), st.line)
-                rows.append((st.address, loc))
-                if loc not in self.line_addr or st.address < self.line_addr[loc]:
-                    self.line_addr[loc] = st.address
-        rows.sort(key=lambda r: r[0])
-        for a, loc in rows:
-            if self.addrs and self.addrs[-1] == a:
-                self.locs[-1] = loc if loc is not None else self.locs[-1]
-                continue
-            self.addrs.append(a)
-            self.locs.append(loc)
-
-    def __bool__(self) -> bool:
-        return bool(self.addrs)
-
-    def where(self, addr: int) -> tuple[str, int] | None:
-        i = bisect.bisect_right(self.addrs, addr) - 1
-        return self.locs[i] if i >= 0 else None
-
-    def source(self, path: str) -> list[str] | None:
-        """The lines of a source file: its own path, else the same relative path or name under guests/."""
-        if path in self._sources:
-            return self._sources[path]
-        lines = None
-        p = Path(path)
-        cands = [p] if p.is_absolute() else [REPO / p, REPO / "guests" / p]
-        if not any(c.is_file() for c in cands):
-            guests = REPO / "guests"
-            if guests.is_dir():
-                cands += sorted(guests.rglob(p.name))
-        for c in cands:
-            try:
-                if c.is_file():
-                    lines = c.read_text(errors="replace").splitlines()
-                    break
-            except OSError:
-                continue
-        self._sources[path] = lines
-        return lines
-
-
-_tables: dict[int, LineTable] = {}
-
-
-def line_table(image) -> LineTable:
-    key = id(image.elf)
-    t = _tables.get(key)
-    if t is None:
-        t = _tables[key] = LineTable(image.elf)
-    return t
 
 
 class CodePanel(Panel):
