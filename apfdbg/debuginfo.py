@@ -120,6 +120,21 @@ class LineTable:
                     best = ((g, n), a)
         return best
 
+    def locations(self, spec_file: str, line: int, function_of) -> tuple[tuple[str, int], list[int]] | None:
+        """Every place `file:line` starts: the first row of that line in each function holding
+        one (an inlined function has a copy in each caller), as gdb's multi-location breakpoints."""
+        hit = self.resolve(spec_file, line)
+        if hit is None:
+            return None
+        (path, n), _ = hit
+        firsts: dict = {}
+        for a, loc in zip(self.addrs, self.locs):
+            if loc == (path, n):
+                key = function_of(a)
+                if key not in firsts or a < firsts[key]:
+                    firsts[key] = a
+        return (path, n), sorted(firsts.values())
+
     def files(self) -> list[str]:
         return sorted({f for f, _ in self.line_addr})
 

@@ -597,8 +597,8 @@ class Engine:
         """A breakpoint or watchpoint stopped the machine: end the run, saying where."""
         m = self.machine
         st = getattr(m, "debug_stop", None)
-        if st is None:
-            return False
+        if st is None or m.exit_requested:
+            return False          # a stop that ends the run is reported with the exit (_exited)
         m.debug_stop = None
         why = self._describe_stop(st)
         self._stop_run(why)
@@ -649,10 +649,13 @@ class Engine:
         dbg = self.debugger
         on = "every vCPU" if spec.vcpu is None else f"vCPU {spec.vcpu}"
         if spec.kind == "break":
-            bp = dbg.add_breakpoint(spec.addr, spec.vcpu, spec.condition, label=spec.label,
-                                    names=self._symbol_value)
+            bps = [dbg.add_breakpoint(a, spec.vcpu, spec.condition, label=spec.label, names=self._symbol_value)
+                   for a in (spec.addr, *spec.more)]
             cond = f" if {spec.condition}" if spec.condition else ""
-            return f"breakpoint {bp.id} at {spec.label} ({spec.addr:#x}){cond}, {on}"
+            if len(bps) > 1:
+                where = ", ".join(f"{b.id} at {self.image.describe(b.addr)}" for b in bps)
+                return f"breakpoints {where}: {spec.label} ({len(bps)} locations){cond}, {on}"
+            return f"breakpoint {bps[0].id} at {spec.label} ({spec.addr:#x}){cond}, {on}"
         if spec.kind == "watch":
             wp = dbg.add_watchpoint(spec.addr, spec.size, spec.access, spec.vcpu, label=spec.label)
             return f"watchpoint {wp.id}: {spec.label} ({spec.addr:#x}, {spec.size} bytes), {on}"
@@ -828,7 +831,13 @@ class Engine:
         self._running.clear()
         self._break = None
         self._step_events = 0
+        self._cancel_task()
         self.stop_reason = f"guest exited: status {m.exit_status} ({m.exit_reason})"
+        st = getattr(m, "debug_stop", None)
+        if st is not None:  # e.g. a catchpoint on the triple fault that ends the run
+            m.debug_stop = None
+            self.stop_reason = f"{self._describe_stop(st)}; {self.stop_reason}"
+            self.message = self.stop_reason
 
     # --- headless ----------------------------------------------------------------------------
     def run(self, max_insns: int | None = None) -> RunResult:

@@ -30,6 +30,7 @@ class PointSpec:
     kind: Literal["break", "watch", "catch"]
     label: str                          # what the user asked for, in canonical words
     addr: int | None = None             # break / watch
+    more: tuple = ()                    # break at file:line: the line's other locations (inlined copies)
     size: int = 1                       # watch
     access: str = "write"               # watch: write, read, access
     vcpu: int | None = None
@@ -159,6 +160,15 @@ def parse_point(text: str, image, nvcpus: int = 1, vcpu: int | None = None) -> P
     if len(words) != 1:
         raise PointError(f"{' '.join(words) or text!r}: one location (0xADDR, symbol, symbol+off, file.c:LINE)")
     addr, label = address_of(words[0], image)
+    more: tuple = ()
+    m = re.fullmatch(r"(.+?):(\d+)", words[0].lstrip("*"))
+    if m and not words[0].startswith("0x"):
+        def function_of(a: int):
+            hit = image.lookup(a)
+            return hit[0].name if hit is not None else None
+        found = line_table(image).locations(m.group(1), int(m.group(2)), function_of)
+        if found is not None and found[1]:
+            addr, more = found[1][0], tuple(found[1][1:])
     if cond:
         def names(n: str) -> int | None:
             sym = image.symbol(n)
@@ -167,7 +177,7 @@ def parse_point(text: str, image, nvcpus: int = 1, vcpu: int | None = None) -> P
             compile_expr(cond, names)
         except ConditionError as e:
             raise PointError(f"condition {e}") from None
-    return PointSpec("break", label, addr=addr, vcpu=which, condition=cond)
+    return PointSpec("break", label, addr=addr, vcpu=which, condition=cond, more=more)
 
 
 def _filters(words: list[str]) -> dict[str, Any]:

@@ -12,6 +12,8 @@
  *   apf_block_hook   UC_HOOK_BLOCK: virtual time (instructions retired) and quantum stops.
  *   apf_fill_hook    UC_HOOK_TLB_FILL (engine in UC_TLB_VIRTUAL mode): the host's "EPT"
  *                    (frames swapped out by the host) plus the guest's own x86-64 paging.
+ *   apf_insn_hook    UC_HOOK_CODE, only while a watchpoint exists: stops before the instruction
+ *                    after a watched access (Python's memory hook cannot stop mid-instruction).
  *   apf_translate    the same page walk, for Python.
  *
  * See docs/accel.md for the design and the measured behaviour of Unicorn.
@@ -25,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define APF_ABI_VERSION 4u
+#define APF_ABI_VERSION 5u
 #define APF_API __attribute__((visibility("default")))
 
 /* ---- Unicorn 2.1.4 definitions (unicorn.h, x86.h) ---------------------------------------- */
@@ -104,6 +106,7 @@ enum apf_stop {
     APF_STOP_MISS = 2,   /* block hook: Python's miss callback said "stop before this block" */
     APF_STOP_FAULT = 3,  /* TLB fill denied: see apf_vcpu.fault */
     APF_STOP_IRQ_WINDOW = 4, /* block hook: an interrupt waits and RFLAGS.IF is now 1 */
+    APF_STOP_WATCH = 5,  /* insn hook: the previous instruction touched a watched address */
 };
 
 enum apf_fault_kind {
@@ -188,6 +191,9 @@ struct apf_vcpu {
      * "accessed" bit of the host's own mapping, as EPT A bits); the host pager reads and clears
      * them, then flushes the TLBs, to age frames for LRU. NULL: not tracked. -- */
     uint8_t *frame_access;
+    /* -- set by Python's watchpoint memory hook; the insn hook stops before the next instruction -- */
+    uint32_t watch_hit;
+    uint32_t pad0;
 };
 
 /* No fill produces it (0 or CR3 | 1): makes the hot-path memo miss without losing cur_block_*. */
@@ -301,6 +307,18 @@ static void __attribute__((noinline)) block_slow(struct apf_vcpu *v, void *uc, u
     v->cur_block_icount = ic;
     v->cur_block_asid = v->asid;
     v->retired += ic;
+}
+
+APF_API void apf_insn_hook(void *uc, uint64_t addr, uint32_t size, void *user)
+{
+    struct apf_vcpu *v = (struct apf_vcpu *)user;
+    (void)addr;
+    (void)size;
+    if (__builtin_expect(v->watch_hit, 0)) {
+        v->watch_hit = 0;
+        v->stop_reason = APF_STOP_WATCH;
+        v->emu_stop(uc);
+    }
 }
 
 APF_API void apf_block_hook(void *uc, uint64_t addr, uint32_t size, void *user)
@@ -585,6 +603,7 @@ APF_API size_t apf_layout(uint64_t *out, size_t n)
         offsetof(struct apf_vcpu, irq_window_end),
         offsetof(struct apf_vcpu, reg_write),
         offsetof(struct apf_vcpu, frame_access),
+        offsetof(struct apf_vcpu, watch_hit),
     };
     size_t m = sizeof offs / sizeof offs[0];
     for (size_t i = 0; i < n && i < m; i++)

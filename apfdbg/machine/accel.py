@@ -30,7 +30,7 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 from .faults import AccessFault, BadPhysical, GuestPageFault, HostSwapped, NonCanonical
 
 PAGE = 4096
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 # stop reasons (apf_vcpu.stop_reason)
 STOP_NONE = 0
@@ -38,6 +38,7 @@ STOP_BUDGET = 1  # retired >= budget_end at a block entry: the block did not run
 STOP_NEW_BLOCK = 2  # the miss callback returned 0: stopped before that block
 STOP_MEMFAULT = 3  # a TLB fill was denied: see VcpuAccel.fault
 STOP_IRQ_WINDOW = 4  # an interrupt was waiting and IF became 1: the block did not run
+STOP_WATCH = 5  # the instruction hook stopped after a watched access (before the next instruction)
 
 # fault kinds (apf_fault.kind) and their names in Fault.kind
 FAULT_NONE = 0
@@ -122,6 +123,8 @@ class ApfVcpu(Structure):
         ("clear_rf", c_uint32),
         ("reg_write", c_void_p),
         ("frame_access", c_void_p),
+        ("watch_hit", c_uint32),
+        ("pad0", c_uint32),
     ]
 
 
@@ -172,6 +175,7 @@ def _check_layout(lib: ctypes.CDLL) -> None:
         ApfVcpu.n_lookups.offset, ApfVcpu.ram.offset, ApfVcpu.uc.offset, ApfVcpu.miss.offset,
         ApfVcpu.tab.offset, ApfVcpu.tab_used.offset, ctypes.sizeof(ApfRegs),
         ApfVcpu.irq_window_end.offset, ApfVcpu.reg_write.offset, ApfVcpu.frame_access.offset,
+        ApfVcpu.watch_hit.offset,
     ]
     if list(out[:n]) != mine:
         raise ImportError(f"struct apf_vcpu layout mismatch: C {list(out[:n])} != ctypes {mine}")
@@ -181,6 +185,7 @@ lib = _load()
 
 _BLOCK_HOOK = ctypes.cast(lib.apf_block_hook, c_void_p)
 _FILL_HOOK = ctypes.cast(lib.apf_fill_hook, c_void_p)
+_INSN_HOOK = ctypes.cast(lib.apf_insn_hook, c_void_p)
 _UC_REG_READ = ctypes.cast(uclib.uc_reg_read, c_void_p).value
 _UC_REG_WRITE = ctypes.cast(uclib.uc_reg_write, c_void_p).value
 _UC_EMU_STOP = ctypes.cast(uclib.uc_emu_stop, c_void_p).value
@@ -278,6 +283,7 @@ class VcpuAccel:
     STOP_NEW_BLOCK = STOP_NEW_BLOCK
     STOP_MEMFAULT = STOP_MEMFAULT
     STOP_IRQ_WINDOW = STOP_IRQ_WINDOW
+    STOP_WATCH = STOP_WATCH
 
     def __init__(self) -> None:  # use attach()
         self._keep = _Keep()
@@ -286,6 +292,7 @@ class VcpuAccel:
         self._uc_ref: weakref.ReferenceType | None = None
         self._uch = 0
         self._hooks: list[int] = []
+        self._insn_hook: int | None = None
         self._finalizer: weakref.finalize | None = None
         self.miss_error: BaseException | None = None
 
@@ -343,6 +350,26 @@ class VcpuAccel:
         lib.apf_flush_tlb(ptr)
         return self
 
+    def set_insn_hook(self, on: bool) -> None:
+        """Install (or remove) the per-instruction C hook that makes watchpoint stops exact. It
+        costs a helper call per instruction, so it exists only while a watchpoint does."""
+        uc = self._uc_ref() if self._uc_ref else None
+        if uc is None or on == (self._insn_hook is not None):
+            return
+        if on:
+            h = uc_hook_h()
+            err = uclib.uc_hook_add(uc._uch, byref(h), uc_const.UC_HOOK_CODE, _INSN_HOOK,
+                                    ctypes.cast(self._ptr, c_void_p), c_uint64(1), c_uint64(0))
+            if err != uc_const.UC_ERR_OK:
+                from unicorn import UcError
+                raise UcError(err)
+            self._insn_hook = h.value
+        else:
+            uclib.uc_hook_del(uc._uch, uc_hook_h(self._insn_hook))
+            self._insn_hook = None
+            self.state.watch_hit = 0
+        uc.ctl_flush_tb()  # translated code picks the hook up (or drops it)
+
     def _wrap_miss(self, cb: MissCallback) -> Callable[[int, int], int]:
         def miss(addr: int, size: int) -> int:
             try:
@@ -364,6 +391,9 @@ class VcpuAccel:
         """Remove the hooks and free the C state (the engine keeps running without them)."""
         uc = self._uc_ref() if self._uc_ref else None
         if uc is not None:
+            if self._insn_hook is not None:
+                uclib.uc_hook_del(uc._uch, uc_hook_h(self._insn_hook))
+                self._insn_hook = None
             for h in self._hooks:
                 uclib.uc_hook_del(uc._uch, uc_hook_h(h))
             uc.ctl_flush_tb()

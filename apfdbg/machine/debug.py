@@ -181,6 +181,7 @@ class Debugger:
         for v in self.m.vcpus:
             if vcpu is None or v.index == vcpu:
                 hooks.append((v, v.uc.hook_add(types, v._on_watch, wp, addr, addr + size - 1)))
+                v.accel.set_insn_hook(True)  # exact stops: right after the accessing instruction
                 v.uc.ctl_flush_tb()
         self._hooks[wp.id] = hooks
         return wp
@@ -197,8 +198,13 @@ class Debugger:
         for v, h in self._hooks.pop(point_id, []):
             v.uc.hook_del(h)
             v.uc.ctl_flush_tb()
-        return (self.breakpoints.pop(point_id, None) or self.watchpoints.pop(point_id, None)
-                or self.catchpoints.pop(point_id, None)) is not None
+        gone = (self.breakpoints.pop(point_id, None) or self.watchpoints.pop(point_id, None)
+                or self.catchpoints.pop(point_id, None))
+        if isinstance(gone, Watchpoint):
+            for v in self.m.vcpus:
+                if not any(w.vcpu is None or w.vcpu == v.index for w in self.watchpoints.values()):
+                    v.accel.set_insn_hook(False)
+        return gone is not None
 
     def _on_event(self, e) -> None:
         if not self.catchpoints:

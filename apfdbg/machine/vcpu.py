@@ -419,6 +419,7 @@ class VCpu:
             if (acc.stop_reason != VcpuAccel.STOP_NEW_BLOCK or self._exit is not None
                     or acc.retired != self._turn_base or self.reg(X.UC_X86_REG_RIP) != rip):
                 break
+        st.watch_hit = 0  # the step itself ends right after the access
         if self._watch_hit is not None:
             from .debug import DebugStop
             (wid, address), self._watch_hit = self._watch_hit, None
@@ -466,6 +467,13 @@ class VCpu:
         exit_ = self._exit
         if reason in (VcpuAccel.STOP_BUDGET, VcpuAccel.STOP_IRQ_WINDOW) and exit_ is None:
             self._settle(-1)
+            if self._watch_hit is not None:
+                from .debug import DebugStop
+                (wid, address), self._watch_hit = self._watch_hit, None
+                m.debugger.hit(DebugStop("watchpoint", self.index, rip, wid, address))
+            return
+        if reason == VcpuAccel.STOP_WATCH and exit_ is None:
+            self._settle(rip)
             if self._watch_hit is not None:
                 from .debug import DebugStop
                 (wid, address), self._watch_hit = self._watch_hit, None
@@ -685,13 +693,16 @@ class VCpu:
 
     def _on_watch(self, uc, access, address, size, value, wp) -> None:
         # Stopping inside a memory hook leaves Unicorn half-way through the instruction (a call's
-        # push done, RIP still on the call), so stop at the next block entry instead.
+        # push done, RIP still on the call): the C instruction hook stops before the next one.
         if self._watch_hit is None:
             wp.hits += 1
             self._watch_hit = (wp.id, address)
         st = self.accel.state
-        st.irq_window_end = 0
-        st.budget_end = 0
+        if self.accel._insn_hook is not None:
+            st.watch_hit = 1
+        else:  # no instruction hook: the next block entry
+            st.irq_window_end = 0
+            st.budget_end = 0
 
     def _on_iretq(self, uc, address, size, _ud) -> None:
         """Before an iretq: if the frame restores RF=1, have the block hook clear it once the
