@@ -1107,7 +1107,8 @@ class Engine:
     def _state_key(self) -> tuple:
         m = self.machine
         return (m.now, self.log.total, self.commands_done, self._running.is_set(), self.stop_reason,
-                self.events_per_second, m.exit_requested, self.message, self.error)
+                self.events_per_second, m.exit_requested, self.message, self.error, self._task is None,
+                self.lock)
 
     # --- threaded driving -------------------------------------------------------------------------
     def start(self, running: bool = True) -> None:

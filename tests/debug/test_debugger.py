@@ -173,14 +173,21 @@ def test_catch_the_async_pf_msr_write():
     assert w.index == 0x4B564D02 and w.value & 1
 
 
-def test_catch_gp():
-    eng = machine_guest("exceptions")
+def test_catch_gp_on_the_refused_async_pf_enable():
+    # Under the seed profile the host refuses SEND_ALWAYS (reserved bit): wrmsr -> #GP, which the
+    # reference kernel's wrmsr_safe fixes up.
+    sc = load_scenario(SMALL)
+    sc = sc.model_copy(update={"host": sc.host.model_copy(update={"profile": "seed"})})
+    eng = Engine(load_image(REPO / "guests" / "refkernel" / "refkernel.elf"), sc)
     eng.add_point("catch gp")
     why = cont(eng)
     assert why.startswith("catchpoint 1: #GP"), why
     v = stopped_vcpu(why)
-    inj = [e for e in eng.log.events if e.kind == "inject"][-1]
+    evs = eng.log.events
+    inj = [e for e in evs if e.kind == "inject"][-1]
     assert inj.vector == 13 and eng.machine.vcpus[v].rip == inj.handler   # stopped at the handler
+    assert [e for e in evs if e.kind == "msr_write"][-1].index == 0x4B564D02
+    assert eng.latest.stack[v].frame.name == "#GP"
 
 
 def test_catch_halt():
@@ -411,3 +418,36 @@ def test_stack_view_shows_words_from_rsp():
 
 
 from unicorn.x86_const import UC_X86_REG_RSP as _RSP  # noqa: E402
+
+
+# --- with the engine thread (as the TUI drives it) ---------------------------------------------------
+def _wait(pred, timeout=30.0):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_threaded_steps_and_a_pause_that_cancels_a_step():
+    eng = refkernel()
+    eng.start(running=False)
+    try:
+        eng.add_point("pf_handler")
+        eng.resume()
+        assert _wait(lambda: eng.latest.stop_reason.startswith("breakpoint 1"))
+        v = stopped_vcpu(eng.latest.stop_reason)
+        eng.remove_point(1)
+        eng.step(v, "out")
+        assert _wait(lambda: "returned from pf_handler" in eng.latest.stop_reason), eng.latest.stop_reason
+        # a run to an address no vCPU executes: it runs until paused, then its breakpoint is gone
+        eng.set_lock(False)
+        eng.run_to_cursor(v, 0x10)
+        assert _wait(lambda: eng.latest.running and eng.latest.stepping.startswith("run to"))
+        eng.pause()
+        assert _wait(lambda: not eng.latest.running and eng.latest.stepping == "")
+        assert _wait(lambda: not eng.debugger.breakpoints)
+    finally:
+        eng.stop()
