@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-NAMES = ("freerun", "exits", "events", "paging", "memory", "apf")
+NAMES = ("freerun", "exits", "events", "paging", "memory", "apf", "debug")
 
 
 def fmt(v: float) -> str:
