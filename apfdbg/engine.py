@@ -341,17 +341,18 @@ class Engine:
         self._snapshot_key: tuple | None = None
         self._lock = threading.Lock()
         self.error: str | None = None
-        self.lock = True                       # stepping freezes the other vCPUs
+        self.lock = sc.debug.lock              # stepping freezes the other vCPUs
         self._sync_limit: int | None = None
         self._task_vcpu = 0
         self._in_step = False
-        self.mem_expr = "reason"               # what the memory panel shows
+        self.mem_expr = sc.debug.memory        # what the memory panel shows
         self._task = None                      # a stepping command in progress (generator)
         self._task_note = ""
         self._frames: dict[int, list] = {}     # per vCPU: recent deliveries (for the stack panel)
         #: another thread owns the machine (the gdb stub): it calls service() between its slices
         self.external = False
         self._last_service = 0.0
+        self._initial_points(sc.debug.points)
 
     def _poke(self, poke) -> None:
         addr = poke.at
@@ -662,6 +663,17 @@ class Engine:
         cp = dbg.add_catchpoint(spec.match.matches, spec.label, spec.vcpu)
         return f"catchpoint {cp.id}: {spec.label}, {on}"
 
+    def _initial_points(self, texts: list[str]) -> None:
+        from .points import PointError, parse_point
+        for text in texts:
+            try:
+                self._set_point(parse_point(text, self.image, len(self.machine.vcpus)))
+            except PointError as e:
+                raise ScenarioError(f"debug.points: {e}") from None
+        err = self._mem_check(self.mem_expr)
+        if err:
+            raise ScenarioError(f"debug.memory: {err}")
+
     def _symbol_value(self, name: str) -> int | None:
         sym = self.image.symbol(name)
         return sym.addr if sym is not None else None
@@ -902,8 +914,8 @@ class Engine:
 
     def _mem_names(self, v) -> Callable[[str], int | None]:
         def names(n: str) -> int | None:
-            if n == "reason":
-                return self._last_area.get(v.index)
+            if n == "reason":   # not set yet: _mem_view says so; 0 lets expressions be checked
+                return self._last_area.get(v.index, 0)
             return self._symbol_value(n)
         return names
 

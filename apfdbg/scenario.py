@@ -173,6 +173,14 @@ class UiSection(_M):
     focus: str | None = None
 
 
+class DebugSection(_M):
+    """Points set before the run starts (the TUI, gdb and scripts add more as they go)."""
+    points: list[str] = Field(default_factory=list, description="breakpoints, watchpoints, catchpoints "
+                              "in the syntax of docs/debugging.md, e.g. 'pf_handler', 'catch apf ready'")
+    lock: bool = Field(True, description="stepping freezes the other vCPUs (scheduler-locking)")
+    memory: str = Field("reason", description="what the memory panel shows (an expression)")
+
+
 class Poke(_M):
     """Guest memory the host writes before the first instruction (e.g. a guest's boot parameters)."""
     at: int | str = Field(description="guest physical address, or a symbol of the image")
@@ -214,6 +222,7 @@ class Scenario(_M):
     actions: list[Action] = Field(default_factory=list)
     expect: list[Expectation] = Field(default_factory=list)
     ui: UiSection = Field(default_factory=UiSection)
+    debug: DebugSection = Field(default_factory=DebugSection)
     tour: list[TourStep] = Field(default_factory=list)
     base_dir: str = Field("", exclude=True)
 

@@ -451,3 +451,19 @@ def test_threaded_steps_and_a_pause_that_cancels_a_step():
         assert _wait(lambda: not eng.debugger.breakpoints)
     finally:
         eng.stop()
+
+
+def test_scenario_debug_section_sets_points_lock_and_memory_view():
+    sc = load_scenario(SMALL).model_copy(deep=True)
+    sc.debug.points = ["pf_handler vcpu 1", "catch apf ready"]
+    sc.debug.lock = False
+    sc.debug.memory = "rsp"
+    eng = Engine(load_image(REPO / "guests" / "refkernel" / "refkernel.elf"), sc)
+    snap = eng.latest
+    assert [(p.kind, p.label, p.vcpu) for p in snap.points] == [("break", "pf_handler", 1),
+                                                                ("catch", "apf ready", None)]
+    assert snap.lock is False and snap.memory[0].expr == "rsp"
+    sc.debug.points = ["no_such_symbol"]
+    from apfdbg.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match="debug.points: 'no_such_symbol'"):
+        Engine(load_image(REPO / "guests" / "refkernel" / "refkernel.elf"), sc)
