@@ -5,6 +5,8 @@
   apfdbg --tour                           the guided tour
   apfdbg serve [--host H] [--port P] [TUI options]   the TUI in a browser (textual-serve)
   apfdbg run IMAGE --headless [...]       no UI: console and summary on stdout
+  apfdbg run IMAGE --gdb [HOST:]PORT      no UI: serve gdb (target remote HOST:PORT), docs/gdb.md
+  apfdbg [IMAGE] --gdb [HOST:]PORT        the TUI, showing what gdb does (also: run ... --gdb P --tui)
 """
 from __future__ import annotations
 
@@ -49,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", default=None, metavar="FILE", help="write every event to FILE")
     r.add_argument("--trace-format", choices=("jsonl", "text"), default="jsonl")
     r.add_argument("--gdb", default=None, metavar="[HOST:]PORT",
-                   help="serve the GDB remote protocol (loopback unless HOST is given); implies --headless")
+                   help="serve the GDB remote protocol (loopback unless HOST is given); implies --headless "
+                   "unless --tui is given")
+    r.add_argument("--tui", action="store_true", help="with --gdb: open the TUI too, showing what gdb does")
     return p
 
 
@@ -77,6 +81,8 @@ def build_tui_parser(prog: str = "apfdbg") -> argparse.ArgumentParser:
     p.add_argument("--tour", action="store_true", help="the guided tour")
     p.add_argument("--paused", action="store_true", help="start paused")
     p.add_argument("--speed", default=None, help="events per second, 'full' or 'key'")
+    p.add_argument("--gdb", default=None, metavar="[HOST:]PORT", help="serve the GDB remote protocol "
+                   "(loopback unless HOST is given): gdb drives the run, the TUI shows it (docs/gdb.md)")
     _machine_options(p)
     return p
 
@@ -131,7 +137,36 @@ def tui_main(argv: list[str]) -> int:
     return _tui(build_tui_parser().parse_args(argv))
 
 
+def _listen(text: str) -> tuple[str, int] | None:
+    """--gdb's address, or None after saying on stderr what is wrong with it."""
+    from .gdbstub.server import parse_listen
+    try:
+        return parse_listen(text)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        print(f"apfdbg: --gdb: {e}", file=sys.stderr)
+        return None
+
+
+def _gdb_server(engine, listen: tuple[str, int]):
+    """A GdbServer bound to `listen`, or None after saying on stderr why it can not listen."""
+    from .gdbstub.server import GdbServer
+    host, port = listen
+    try:
+        return GdbServer(engine, host, port)
+    except OSError as e:
+        print(f"apfdbg: --gdb: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return None
+
+
 def _tui(args) -> int:
+    listen = None
+    if getattr(args, "gdb", None):
+        listen = _listen(args.gdb)
+        if listen is None:
+            return EXIT_BAD_INPUT
+        if args.tour:
+            print("apfdbg: --tour and --gdb do not go together: gdb drives the run", file=sys.stderr)
+            return EXIT_BAD_INPUT
     default = "tour.toml" if args.tour else ("default.toml" if args.image is None else None)
     loaded = _load_or_report(args, default)
     if isinstance(loaded, int):
@@ -151,18 +186,29 @@ def _tui(args) -> int:
             print(f"apfdbg: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
+    server = None
     try:
-        app = ApfApp(engine, theme=args.theme, tour=scenario.tour if args.tour else None,
-                     speed=_speed(args.speed), paused=True if args.paused else None)
-    except ThemeError as e:
-        print(f"apfdbg: --theme: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
+        options = dict(theme=args.theme, speed=_speed(args.speed), paused=True if args.paused else None)
+        try:
+            if listen is not None:
+                server = _gdb_server(engine, listen)
+                if server is None:
+                    return EXIT_BAD_INPUT
+                from .gdbstub.tui import GdbApp
+                app = GdbApp(engine, server, **options)  # starts the stub on mount, stops it on unmount
+            else:
+                app = ApfApp(engine, tour=scenario.tour if args.tour else None, **options)
+        except ThemeError as e:
+            print(f"apfdbg: --theme: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         app.run()
+        return app.return_code or 0
     finally:
+        if server is not None:
+            server.stop()
+            server.close()
         if trace_file:
             trace_file.close()
-    return app.return_code or 0
 
 
 def serve_main(argv: list[str]) -> int:
@@ -172,7 +218,9 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--public-url", default=None, help="the URL browsers reach the server at, if not host:port")
     args, rest = p.parse_known_args(argv)
-    build_tui_parser("apfdbg serve").parse_args(rest)  # fail here, not in every browser tab
+    if build_tui_parser("apfdbg serve").parse_args(rest).gdb:  # fail here, not in every browser tab
+        print("apfdbg serve: --gdb is not supported (every browser tab runs its own apfdbg)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         from textual_serve.server import Server
     except ImportError:
@@ -191,8 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["run"]:
         return tui_main(argv)
     args = build_parser().parse_args(argv)
+    if args.tui and args.headless:
+        print("apfdbg: --tui and --headless exclude each other", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    listen = None
     if args.gdb:
-        args.headless = True
+        listen = _listen(args.gdb)
+        if listen is None:
+            return EXIT_BAD_INPUT
+        args.headless = not args.tui
     if not args.headless:  # `apfdbg run IMAGE` without --headless: the TUI
         args.theme, args.tour, args.paused, args.speed = None, False, False, None
         return _tui(args)
@@ -207,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.trace:
             trace_file = open(args.trace, "w", encoding="utf-8")
             engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
-        if args.gdb:
-            from .gdbstub.server import parse_listen, serve
-            host, port = parse_listen(args.gdb)
-            return serve(engine, host, port)
+        if listen is not None:
+            from .gdbstub.server import serve
+            try:
+                return serve(engine, *listen)
+            except OSError as e:
+                print(f"apfdbg: --gdb: cannot listen on {listen[0]}:{listen[1]}: {e.strerror or e}",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
         res = run_headless(engine.machine)
     except KeyboardInterrupt:
         print("apfdbg: interrupted", file=sys.stderr)

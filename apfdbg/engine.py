@@ -437,7 +437,8 @@ class Engine:
             counted()
         else:
             self._commands.put(counted)
-            self._request_pause()
+            if not self.external:   # the gdb stub services commands between its own slices
+                self._request_pause()
 
     def _request_pause(self) -> None:
         """Have the machine return to the engine loop soon (mid-turn if need be; the turn resumes)."""

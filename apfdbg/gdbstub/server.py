@@ -3,12 +3,16 @@
 One thread does everything: it owns the socket and the machine. While gdb waits for a stop (after
 ``c``/``vCont;c``) the thread runs the machine with ``Machine.step`` and a *preempter* helper
 thread interrupts it every ``slice_seconds`` (``pause_requested`` plus a zero block budget, which
-stops the vCPU at its next block entry exactly as a watchpoint stop does), so the socket is looked
+stops the vCPU at its next block entry, as Machine.request_pause does), so the socket is looked
 at for Ctrl-C between slices. A preempted turn resumes where it stopped, so a debugged run executes
 exactly as an undebugged one (tests/gdb/test_server.py checks this).
 
 Stepping (``s``, ``vCont;s:N``) runs one instruction of vCPU N with ``VCpu.step`` while the other
 vCPUs stay frozen (gdb's ``set scheduler-locking step``). See docs/gdb.md for the whole contract.
+
+With the TUI (an Engine in external mode, ``Engine.drive_externally``) the serving thread is also
+the engine's thread: between slices and packets it runs the TUI's queued commands and publishes
+snapshots (``Engine.service``), and tells the engine why the machine stopped (``external_state``).
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ E_READONLY = "E0d"    # EACCES: read-only register
 E_INTERNAL = "E05"    # EIO: the stub or the machine failed (logged)
 
 _RESUMED = object()   # a handler started the machine: the stop reply comes later
+#: packets that change what the TUI shows (registers, memory, points, run state)
+_CHANGES = frozenset(bytes([c]) for c in b"GPMXZzcCsSvDk")
 
 POINT_KINDS = {0: "sw", 1: "hw", 2: "write", 3: "read", 4: "access"}
 
@@ -202,8 +208,8 @@ class GdbServer:
             self.engine, self.machine = None, target
         elif isinstance(getattr(target, "machine", None), Machine):
             if getattr(target, "_thread", None) is not None:
-                raise RuntimeError("the engine already runs on its own thread (the TUI): the gdb stub "
-                                   "drives the machine itself and can not share it yet (docs/gdb.md)")
+                raise RuntimeError("the engine already runs on its own thread: the gdb stub drives the "
+                                   "machine itself (call engine.drive_externally() instead of start())")
             self.engine, self.machine = target, target.machine
         else:
             raise TypeError(f"serve() wants an Engine or a Machine, not {type(target).__name__}")
@@ -240,6 +246,11 @@ class GdbServer:
         self.finished = False
         self.result: int | None = None
         self._count_ready: set[int] = set()  # vCPUs whose code was translated for stepping
+        # shared with the TUI (engine in external mode)
+        self._dirty = False              # publish a snapshot at the next service, whatever the rate
+        self._why = ""                   # why the machine is stopped, in words (the TUI's status bar)
+        self.fatal: str | None = None    # the serving thread gave up with this error
+        self._service_errors = 0
 
     # ==== life cycle =============================================================================
     def start(self) -> threading.Thread:
@@ -264,39 +275,122 @@ class GdbServer:
 
     def serve_forever(self) -> int | None:
         """Serve until the run has ended and no gdb is attached (returns the exit status), gdb
-        killed the run (returns EXIT_KILLED), or :meth:`stop` was called (returns None)."""
+        killed the run (returns EXIT_KILLED), or :meth:`stop` was called (returns None).
+
+        Shared with the TUI, only :meth:`stop` ends it: the TUI still shows the ended run, and a
+        gdb may still attach to look at it."""
         errors = 0
         try:
+            if self.shared:
+                h, p = self.address[:2]
+                self._why = f"waiting for gdb: target remote {h}:{p}"
+                self._say(f"gdb stub listening on {h}:{p} (in gdb: target remote {h}:{p})")
             while not self._stop.is_set():
                 try:
                     if self.sess is None:
-                        if self._exited():
+                        if self._exited() and not self.shared:
                             self.result = self.machine.exit_status
                             return self.result
                         if self.mode == "free":
                             self._run_slice()
                             self._accept(0)
                         else:
-                            self._accept(0.1)
+                            self._accept(self._wait)
+                        self._service()
                         continue
                     self._serve_session_once()
                     if self.sess is not None and self.sess.closed:
                         self._end_session()
-                        if self.killed:
+                        if self.killed and not self.shared:
                             self.result = EXIT_KILLED
                             return self.result
+                    self._service()
                     errors = 0
-                except Exception:  # never let the serving thread die
+                except Exception as e:  # never let the serving thread die
                     log.error("gdb stub: internal error\n%s", traceback.format_exc())
                     if self.mode == "running":
                         self.mode = "stopped"
                     errors += 1
+                    if self.shared:
+                        if errors >= 50:
+                            self._give_up(f"gdb stub stopped: {type(e).__name__}: {e}")
+                            return None
+                        self._say(f"gdb stub: internal error: {type(e).__name__}: {e}")
                     if errors >= 50 and self.sess is not None:  # a loop that keeps failing
                         self.sess.closed = True
                     time.sleep(0.01)
             return None
+        except BaseException as e:
+            if self.shared:  # the TUI must not wait for a thread that is gone
+                self._give_up(f"gdb stub stopped: {type(e).__name__}: {e}")
+            raise
         finally:
             self.close()
+
+    # ==== sharing the engine with the TUI ==========================================================
+    @property
+    def shared(self) -> bool:
+        """The TUI shows this engine: service it from this thread (Engine.drive_externally)."""
+        return self.engine is not None and bool(getattr(self.engine, "external", False))
+
+    @property
+    def _wait(self) -> float:
+        return 0.05 if self.shared else 0.1  # the TUI's commands wait at most this long
+
+    def _say(self, text: str) -> None:
+        self.announce(text)
+        if self.shared:
+            self.engine.message = text
+            self._dirty = True
+
+    def _stopped(self, why: str) -> None:
+        self._why = why
+        self._dirty = True
+
+    def _where(self, vcpu: int, rip: int | None = None) -> str:
+        m = self.machine
+        if rip is None:
+            rip = m.vcpus[vcpu].rip
+        image = getattr(m, "image", None)
+        try:
+            at = image.describe(rip) if image is not None and hasattr(image, "describe") else f"{rip:#x}"
+        except Exception:
+            at = f"{rip:#x}"
+        return f"{at} on vCPU {vcpu}"
+
+    def _service(self, force: bool = False) -> None:
+        """Run the TUI's queued commands and publish a snapshot (this thread owns the machine)."""
+        if not self.shared:
+            return
+        eng = self.engine
+        force = force or self._dirty
+        self._dirty = False
+        running = self.mode in ("running", "free") and not self._exited() and not self.broken
+        # said at every call: a UI pause() (the speed keys) must not make the status bar lie
+        eng.external_state(running, "" if running else self._why)
+        try:
+            eng.service(force)
+            self._service_errors = 0
+        except Exception as e:  # a command (or a snapshot) failed: say so; the rest run next time
+            log.error("servicing the TUI failed\n%s", traceback.format_exc())
+            eng.message = f"command failed: {type(e).__name__}: {e}"
+            self._dirty = True
+            self._service_errors += 1
+            if self._service_errors >= 50:  # it can not show anything: end rather than hide it
+                self._give_up(f"gdb stub stopped: the TUI's snapshots fail: {type(e).__name__}: {e}")
+                self._stop.set()
+
+    def _give_up(self, text: str) -> None:
+        """The serving thread ends with an error: the TUI shows it."""
+        log.error("%s", text)
+        self.fatal = text
+        eng = self.engine
+        try:
+            eng.error = text
+            eng.external_state(False, text)
+            eng.service(force=True)
+        except Exception:
+            log.error("publishing the error failed\n%s", traceback.format_exc())
 
     def _accept(self, timeout: float) -> None:
         try:
@@ -317,9 +411,12 @@ class GdbServer:
             self.mode = "stopped"
             self.stop_thread = self._current_vcpu()
             self.last_stop = self._stop_reply(SIGTRAP, self.stop_thread)
+            self._stopped(f"gdb attached: stopped at {self._where(self.stop_thread)}")
+        elif self._why.startswith("waiting for gdb"):
+            self._stopped(f"gdb connected: stopped at {self._where(self.stop_thread)}")
         if self._exited():
             self.last_stop = self._exit_reply()
-        self.announce(f"gdb connected from {peer[0]}:{peer[1]}")
+        self._say(f"gdb connected from {peer[0]}:{peer[1]}")
         log.info("gdb connected from %s", peer)
 
     def _refuse_second_gdb(self) -> None:
@@ -344,7 +441,7 @@ class GdbServer:
             self.mode = "stopped"
         else:
             self.mode = "free"
-        self.announce("gdb detached" + (": the run goes on" if self.mode == "free" else ""))
+        self._say("gdb detached" + (": the run goes on" if self.mode == "free" else ""))
 
     def _serve_session_once(self) -> None:
         sess = self.sess
@@ -354,11 +451,13 @@ class GdbServer:
             self._run_slice()
             events = sess.receive(0)
         else:
-            events = sess.receive(0.1)
+            events = sess.receive(self._wait)
         for ev in events:
             if sess.closed:
                 break
             self._on_event(ev)
+        if self._dirty:
+            self._service(force=True)
 
     # ==== the machine ==============================================================================
     def _exited(self) -> bool:
@@ -378,6 +477,8 @@ class GdbServer:
             ex = getattr(self.engine, "_exited", None)
             if callable(ex):
                 ex()
+            self._stopped(getattr(self.engine, "stop_reason", "")
+                          or f"the run ended: status {m.exit_status} ({m.exit_reason})")
 
     def _run_slice(self) -> None:
         """Run every vCPU for about `slice_seconds` of wall time (one Machine.step call, cut short
@@ -408,40 +509,54 @@ class GdbServer:
             stop = m.debug_stop
             m.debug_stop = None
             if self.mode == "running":
-                self._report(self._debug_stop_reply(stop), stop.vcpu)
-            # free running (no gdb): a leftover stop is ignored, the run goes on
+                self._report(self._debug_stop_reply(stop), stop.vcpu, self._debug_stop_text(stop))
+            elif self.mode == "free" and self.shared and stop.id is not None:
+                # no gdb: gdb's points are gone, so this is one of the TUI's; it stops the run
+                # until a gdb attaches and continues it
+                self._report(self._debug_stop_reply(stop), stop.vcpu,
+                             self._debug_stop_text(stop) + " (attach gdb to go on)")
+            # free running otherwise: a leftover stop is ignored, the run goes on
 
     def _on_stopped_by_exit(self) -> None:
         self._finish()
-        if self.mode == "running":
+        if self.mode == "free" and not self.shared:
             self.mode = "stopped"
-            self.last_stop = self._exit_reply()
-            if self.sess is not None:
-                self.sess.send(self.last_stop)
-            self.announce(f"the run ended: status {self.machine.exit_status} ({self.machine.exit_reason})")
-        elif self.mode == "free":
+        elif self.mode in ("running", "free"):
+            was = self.mode
             self.mode = "stopped"
+            self._say(f"the run ended: status {self.machine.exit_status} ({self.machine.exit_reason})")
+            if was == "running":
+                self.last_stop = self._exit_reply()
+                self._service(force=True)
+                if self.sess is not None:
+                    self.sess.send(self.last_stop)
 
     def _machine_failed(self, e: BaseException) -> None:
         text = f"apfdbg: the machine failed: {type(e).__name__}: {e}"
         log.error("%s\n%s", text, traceback.format_exc())
         self.broken = text
         vcpu = self._current_vcpu()
+        self._stopped(text)
+        if self.shared:
+            self.engine.error = text
         if self.mode == "running" and self.sess is not None:
             self.sess.send("O" + (text + "\n").encode().hex())
-            self._report(self._stop_reply(SIGABRT, vcpu), vcpu)
+            self._report(self._stop_reply(SIGABRT, vcpu), vcpu, text)
         else:
-            if self.sess is None:  # running without gdb: nobody can look at it, give up
-                self.announce(text)
-                self._stop.set()
+            if self.sess is None:
+                self._say(text)
+                if not self.shared:  # running without gdb nor TUI: nobody can look at it, give up
+                    self._stop.set()
             self.mode = "stopped"
             self.stop_thread = vcpu
 
-    def _report(self, reply: str, vcpu: int) -> None:
+    def _report(self, reply: str, vcpu: int, why: str = "") -> None:
         self.mode = "stopped"
+        self._stopped(why or f"gdb: stopped at {self._where(vcpu)}")
         self.stop_thread = vcpu
         self.g_thread = self.c_thread = None
         self.last_stop = reply
+        self._service(force=True)  # the TUI has the stop before gdb does
         if self.sess is not None:
             self.sess.send(reply)
 
@@ -501,9 +616,9 @@ class GdbServer:
                     break
                 tl.now = max(tl.now, due)
                 tl.run_due()
-                if n % 256 == 255 and self._interrupt_waiting():
+                if n % 256 == 255 and (self._interrupt_waiting() or self._stop.is_set()):
                     m.pause_requested = False
-                    self._report(self._stop_reply(SIGINT, idx), idx)
+                    self._report(self._stop_reply(SIGINT, idx), idx, f"gdb: Ctrl-C at {self._where(idx)}")
                     return None
         except Exception as e:
             self.mode = "running"
@@ -517,8 +632,10 @@ class GdbServer:
             return self.last_stop
         stop = m.debug_stop
         m.debug_stop = None
-        reply = self._debug_stop_reply(stop) if stop is not None else self._stop_reply(SIGTRAP, idx)
-        self._report(reply, idx)
+        if stop is not None:
+            self._report(self._debug_stop_reply(stop), idx, self._debug_stop_text(stop))
+        else:
+            self._report(self._stop_reply(SIGTRAP, idx), idx, f"gdb: stepped to {self._where(idx)}")
         return None  # _report sent it
 
     def _interrupt_waiting(self) -> bool:
@@ -545,9 +662,22 @@ class GdbServer:
     def _exit_reply(self) -> str:
         return f"W{self.machine.exit_status & 0xFF:02x}"
 
+    def _debug_stop_text(self, stop) -> str:
+        """The TUI's words for a breakpoint or watchpoint stop."""
+        where = self._where(stop.vcpu, stop.rip)
+        if stop.id is not None and stop.id not in self.point_kinds:
+            return f"{stop.reason} at {where} (the TUI's)"
+        if stop.reason == "watchpoint":
+            kind = {3: "read ", 4: "access "}.get(self.point_kinds.get(stop.id, 2), "")
+            addr = f" {stop.address:#x}" if stop.address is not None else ""
+            return f"gdb: {kind}watchpoint{addr} at {where}"
+        return f"gdb: {stop.reason} at {where}"
+
     def _debug_stop_reply(self, stop) -> str:
         extra = ""
-        if stop.reason == "breakpoint":
+        if stop.id is not None and stop.id not in self.point_kinds:
+            pass  # not gdb's (the TUI's): a plain SIGTRAP, gdb has no breakpoint there
+        elif stop.reason == "breakpoint":
             ztype = self.point_kinds.get(stop.id, 0)
             feat = "hwbreak" if ztype == 1 else "swbreak"
             if self.sess is not None and f"{feat}+" in self.sess.gdb_features:
@@ -567,7 +697,11 @@ class GdbServer:
             if not sess.no_ack:
                 sess.send_raw(b"+")
             log.debug("<- %r", ev.payload[:200])
+            if ev.payload[:1] in _CHANGES:
+                self._dirty = True   # the TUI shows it at once
             reply = self.dispatch(ev.payload)
+            if self._dirty:
+                self._service(force=True)  # before the reply: once gdb has it, so has the TUI
             if reply is not None and reply is not _RESUMED and self.sess is sess:
                 sess.send(reply)
         elif isinstance(ev, BadPacket):
@@ -583,7 +717,7 @@ class GdbServer:
             if self.mode == "running":
                 vcpu = self._current_vcpu()
                 self.machine.pause_requested = False
-                self._report(self._stop_reply(SIGINT, vcpu), vcpu)
+                self._report(self._stop_reply(SIGINT, vcpu), vcpu, f"gdb: Ctrl-C at {self._where(vcpu)}")
         elif ev is NAK:
             if sess.last_packet is not None and sess.resends < 8:
                 sess.resends += 1
@@ -906,7 +1040,7 @@ class GdbServer:
         self._finish()
         if self.sess is not None:
             self.sess.closed = True
-        self.announce("gdb killed the run")
+        self._say("gdb killed the run")
         return None
 
     # ---- queries -------------------------------------------------------------------------------
@@ -999,7 +1133,7 @@ class GdbServer:
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6ADDR]:PORT``, ``:PORT`` or ``PORT`` (loopback) -> (host, port).
 
-    Raises argparse.ArgumentTypeError (a ValueError), so it can be an argparse ``type=``."""
+    Raises argparse.ArgumentTypeError, so it can be an argparse ``type=``."""
     host, port = "127.0.0.1", text
     if text.startswith("["):
         end = text.find("]")
@@ -1035,7 +1169,8 @@ def serve(target: Any, host: str = "127.0.0.1", port: int = 1234, *, background:
             print(f"apfdbg: {text}", file=sys.stderr, flush=True)
     server = GdbServer(target, host, port, slice_seconds=slice_seconds, announce=announce)
     h, p = server.address
-    announce(f"gdb stub listening on {h}:{p} (in gdb: target remote {h}:{p})")
+    if not server.shared:  # shared with the TUI: the serving thread says it, in the status bar too
+        announce(f"gdb stub listening on {h}:{p} (in gdb: target remote {h}:{p})")
     if background:
         server.start()
         return server
