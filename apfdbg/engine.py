@@ -648,21 +648,8 @@ class Engine:
         self.command(go)
 
     def _set_point(self, spec) -> str:
-        dbg = self.debugger
-        on = "every vCPU" if spec.vcpu is None else f"vCPU {spec.vcpu}"
-        if spec.kind == "break":
-            bps = [dbg.add_breakpoint(a, spec.vcpu, spec.condition, label=spec.label, names=self._symbol_value)
-                   for a in (spec.addr, *spec.more)]
-            cond = f" if {spec.condition}" if spec.condition else ""
-            if len(bps) > 1:
-                where = ", ".join(f"{b.id} at {self.image.describe(b.addr)}" for b in bps)
-                return f"breakpoints {where}: {spec.label} ({len(bps)} locations){cond}, {on}"
-            return f"breakpoint {bps[0].id} at {spec.label} ({spec.addr:#x}){cond}, {on}"
-        if spec.kind == "watch":
-            wp = dbg.add_watchpoint(spec.addr, spec.size, spec.access, spec.vcpu, label=spec.label)
-            return f"watchpoint {wp.id}: {spec.label} ({spec.addr:#x}, {spec.size} bytes), {on}"
-        cp = dbg.add_catchpoint(spec.match.matches, spec.label, spec.vcpu)
-        return f"catchpoint {cp.id}: {spec.label}, {on}"
+        from .points import set_point
+        return set_point(self.debugger, spec, self.image)
 
     def _initial_points(self, texts: list[str]) -> None:
         from .points import PointError, parse_point

@@ -252,3 +252,39 @@ def _catch(words: list[str], vcpu: int | None) -> PointSpec:
         return PointSpec("catch", f"event {kind}" + "".join(f" {k}={v}" for k, v in where.items()),
                          vcpu=vcpu, match=EventMatch(kind=kind, where=where))
     raise PointError(f"catch {what!r}? one of: " + ", ".join(CATCH_FORMS))
+
+
+def set_point(dbg, spec: PointSpec, image) -> str:
+    """Install `spec` in a Debugger; returns what was set, in words (the engine and the gdb stub)."""
+    def names(n: str) -> int | None:
+        sym = image.symbol(n)
+        return sym.addr if sym is not None else None
+    on = "every vCPU" if spec.vcpu is None else f"vCPU {spec.vcpu}"
+    if spec.kind == "break":
+        bps = [dbg.add_breakpoint(a, spec.vcpu, spec.condition, label=spec.label, names=names)
+               for a in (spec.addr, *spec.more)]
+        cond = f" if {spec.condition}" if spec.condition else ""
+        if len(bps) > 1:
+            where = ", ".join(f"{b.id} at {image.describe(b.addr)}" for b in bps)
+            return f"breakpoints {where}: {spec.label} ({len(bps)} locations){cond}, {on}"
+        return f"breakpoint {bps[0].id} at {spec.label} ({spec.addr:#x}){cond}, {on}"
+    if spec.kind == "watch":
+        wp = dbg.add_watchpoint(spec.addr, spec.size, spec.access, spec.vcpu, label=spec.label)
+        return f"watchpoint {wp.id}: {spec.label} ({spec.addr:#x}, {spec.size} bytes), {on}"
+    cp = dbg.add_catchpoint(spec.match.matches, spec.label, spec.vcpu)
+    return f"catchpoint {cp.id}: {spec.label}, {on}"
+
+
+def describe_points(dbg, image) -> list[str]:
+    """One line per point of a Debugger (temporary stepping breakpoints left out)."""
+    rows = []
+    for b in dbg.breakpoints.values():
+        if not b.temporary:
+            rows.append((b.id, f"break  {b.label or image.describe(b.addr)} ({b.addr:#x})"
+                         + (f" if {b.condition}" if b.condition else ""), b.vcpu, b.hits))
+    for w in dbg.watchpoints.values():
+        rows.append((w.id, f"watch  {w.label or f'{w.kind} {w.addr:#x} [{w.size}]'}", w.vcpu, w.hits))
+    for c in dbg.catchpoints.values():
+        rows.append((c.id, f"catch  {c.label}", c.vcpu, c.hits))
+    return [f"{i:>3}  {text}  ({'all vCPUs' if v is None else f'vCPU {v}'}, {h} hit{'s' if h != 1 else ''})"
+            for i, text, v, h in sorted(rows)]

@@ -665,8 +665,13 @@ class GdbServer:
     def _debug_stop_text(self, stop) -> str:
         """The TUI's words for a breakpoint or watchpoint stop."""
         where = self._where(stop.vcpu, stop.rip)
-        if stop.id is not None and stop.id not in self.point_kinds:
-            return f"{stop.reason} at {where} (the TUI's)"
+        if stop.id is not None and stop.id not in self.point_kinds:  # a monitor or TUI point
+            if stop.reason == "event":
+                return f"catchpoint {stop.id}: {stop.detail}, at {where}"
+            d = self.debugger
+            point = d.breakpoints.get(stop.id) or d.watchpoints.get(stop.id)
+            label = f" ({point.label})" if point is not None and point.label else ""
+            return f"{stop.reason} {stop.id}{label} at {where} (apfdbg's, not gdb's)"
         if stop.reason == "watchpoint":
             kind = {3: "read ", 4: "access "}.get(self.point_kinds.get(stop.id, 2), "")
             addr = f" {stop.address:#x}" if stop.address is not None else ""
@@ -676,7 +681,10 @@ class GdbServer:
     def _debug_stop_reply(self, stop) -> str:
         extra = ""
         if stop.id is not None and stop.id not in self.point_kinds:
-            pass  # not gdb's (the TUI's): a plain SIGTRAP, gdb has no breakpoint there
+            # not gdb's (a catchpoint, a monitor or TUI point): a plain SIGTRAP, and the reason as
+            # console output, which gdb prints before the stop
+            if self.sess is not None and self.mode == "running":
+                self.sess.send("O" + (f"apfdbg: {self._debug_stop_text(stop)}\n").encode().hex())
         elif stop.reason == "breakpoint":
             ztype = self.point_kinds.get(stop.id, 0)
             feat = "hwbreak" if ztype == 1 else "swbreak"
@@ -1105,7 +1113,15 @@ class GdbServer:
     MONITOR_HELP = ("monitor commands:\n"
                     "  vcpus        state, RIP, CPL and instructions retired of every vCPU\n"
                     "  time         virtual time (instructions) and the run's state\n"
-                    "  console [N]  the last N (default 20) console lines of every vCPU\n")
+                    "  console [N]  the last N (default 20) console lines of every vCPU\n"
+                    "  catch apf [not-present|ready] [token=T] [gfn=G] | catch msr [INDEX] | catch gp\n"
+                    "               | catch pf | catch halt | catch triple-fault | catch event KIND [f=v]\n"
+                    "               stop (SIGTRAP) when the host or the machine reports that event\n"
+                    "  break LOCATION [vcpu N] [if COND]   apfdbg's breakpoints (file:line, conditions\n"
+                    "               over registers and memory); watch|rwatch|awatch ADDR [SIZE] [vcpu N]\n"
+                    "  points       apfdbg's breakpoints, watchpoints and catchpoints, with hits\n"
+                    "  delete N     delete apfdbg point N (gdb's own: gdb's delete)\n"
+                    "  (the syntax of docs/debugging.md; these stay when gdb detaches)\n")
 
     def _monitor(self, cmd: str) -> str:
         m = self.machine
@@ -1125,6 +1141,26 @@ class GdbServer:
                 tail = bytes(v.console[-16384:]).decode("utf-8", "replace").splitlines()[-n:]
                 lines += [f"[vcpu{v.index}] {line}\n" for line in tail]
             text = "".join(lines) or "(no console output yet)\n"
+        elif words[0] in ("catch", "break", "watch", "rwatch", "awatch"):
+            from ..points import PointError, parse_point, set_point
+            try:
+                spec = parse_point(cmd.strip(), m.image, len(m.vcpus))
+                text = set_point(self.debugger, spec, m.image) + "\n"
+                self._dirty = True
+            except PointError as e:
+                text = f"not set: {e}\n"
+        elif words[0] == "points":
+            from ..points import describe_points
+            mine = set(self.point_kinds)
+            rows = [r for r in describe_points(self.debugger, m.image) if int(r.split()[0]) not in mine]
+            text = "".join(r + "\n" for r in rows) or "no apfdbg points (gdb's: info breakpoints)\n"
+        elif words[0] == "delete" and len(words) == 2 and words[1].isdigit():
+            pid = int(words[1])
+            if pid in self.point_kinds:
+                text = f"point {pid} is gdb's: delete it with gdb's delete\n"
+            else:
+                text = f"deleted point {pid}\n" if self.debugger.remove(pid) else f"no point {pid}\n"
+                self._dirty = True
         else:
             text = f"unknown monitor command {words[0]!r}\n" + self.MONITOR_HELP
         return text.encode().hex()

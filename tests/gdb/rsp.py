@@ -24,6 +24,7 @@ class Rsp:
         self.reader = PacketReader(max_payload=1 << 20)
         self.events: list = []
         self.no_ack = False
+        self.output: list[str] = []   # console output (O packets) gdb would print
 
     def close(self) -> None:
         self.sock.close()
@@ -45,13 +46,19 @@ class Rsp:
         return self.events.pop(0)
 
     def reply(self, timeout: float = 10.0) -> bytes:
-        """The next packet's payload (acks skipped)."""
+        """The next packet's payload (acks skipped; console output `O...` while the target runs is
+        kept in `self.output`, as gdb prints it)."""
         while True:
             ev = self._next_event(timeout)
             if isinstance(ev, Packet):
                 if not self.no_ack:
                     self.send_raw(b"+")
-                return ev.payload
+                p = ev.payload
+                if p.startswith(b"O") and len(p) > 1 and p != b"OK" and all(
+                        c in b"0123456789abcdef" for c in p[1:]):
+                    self.output.append(bytes.fromhex(p[1:].decode()).decode(errors="replace"))
+                    continue
+                return p
 
     def next_raw_event(self, timeout: float = 5.0):
         return self._next_event(timeout)

@@ -426,9 +426,8 @@ def test_an_exception_in_the_machine_is_reported_not_fatal(served, monkeypatch):
         raise RuntimeError("kaboom")
     monkeypatch.setattr(e.machine, "step", boom)
     c.send("vCont;c")
-    out = c.reply()
-    assert out.startswith(b"O") and b"kaboom" in bytes.fromhex(out[1:].decode())
-    assert c.reply() .startswith(b"T06thread:")
+    assert c.reply().startswith(b"T06thread:")
+    assert any("kaboom" in text for text in c.output)     # told to gdb's console first
     assert c.cmd("vCont;c").startswith(b"E")       # the run can not go on
     assert c.cmd("g")                               # but it can be looked at
     assert srv._thread.is_alive()
@@ -530,3 +529,26 @@ def test_a_second_gdb_is_refused_while_one_is_attached(served):
     finally:
         other.close()
     assert c.cmd("qC") == b"QC1"
+
+
+def _monitor(c, text: str) -> str:
+    return bytes.fromhex(c.cmd("qRcmd," + text.encode().hex()).decode()).decode()
+
+
+def test_monitor_catchpoints_and_apfdbg_breakpoints(served):
+    e = _small_apf_engine()
+    _srv, c = served(e)
+    assert _monitor(c, "catch apf not-present").startswith("catchpoint 1: apf not-present, every vCPU")
+    assert _monitor(c, "catch nonsense").startswith("not set: catch 'nonsense'")
+    stop = c.cmd("vCont;c")
+    np_ev = [x for x in e.log.events if x.kind == "async_pf_not_present"][-1]
+    assert stop.startswith(f"T05thread:{np_ev.vcpu + 1:x};".encode()) and b"swbreak" not in stop
+    assert any(text.startswith("apfdbg: catchpoint 1: apf not-present") for text in c.output)
+    # a conditional file:line breakpoint gdb itself could not express the same way
+    assert "apf.c:125 (2 locations)" in _monitor(c, f"break apf.c:125 vcpu {np_ev.vcpu}")
+    listing = _monitor(c, "points")
+    assert "catch  apf not-present" in listing and "1 hit" in listing and "break  apf.c:125" in listing
+    assert _monitor(c, "delete 1") == "deleted point 1\n"
+    stop = c.cmd("vCont;c")
+    assert stop.startswith(f"T05thread:{np_ev.vcpu + 1:x};".encode())
+    assert "breakpoint" in c.output[-1] and "apf.c:125" in c.output[-1]

@@ -168,14 +168,14 @@ def test_a_breakpoint_set_in_the_tui_stops_gdbs_continue_as_a_plain_sigtrap():
                 stop = c.cmd("vCont;c", timeout=DEADLINE)
                 assert stop.startswith(b"T05thread:") and b"swbreak" not in stop, stop
                 vcpu = int(stop[len(b"T05thread:"):].split(b";")[0], 16) - 1
-                assert eng.latest.stop_reason == f"breakpoint at pf_handler on vCPU {vcpu} (the TUI's)"
+                assert eng.latest.stop_reason == f"breakpoint 1 at pf_handler on vCPU {vcpu} (apfdbg's, not gdb's)"
                 # gdb detaches: the run goes on until the TUI's breakpoint stops it again
                 c.send("D")
                 assert c.reply() == b"OK"
             finally:
                 c.close()
             await until(pilot, lambda: "(attach gdb to go on)" in status(app), "the stop without gdb")
-            assert "PAUSED" in status(app) and "breakpoint at pf_handler on vCPU" in status(app)
+            assert "PAUSED" in status(app) and "breakpoint 1 at pf_handler on vCPU" in status(app)
             # a gdb that attaches gets that stop
             c2 = Rsp(server.address)
             try:
