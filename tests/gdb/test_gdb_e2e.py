@@ -137,3 +137,25 @@ kill
     assert "Hardware watchpoint 1" in out and value(out, "WATCHED") != 0, out[-3000:]
     assert "vCPU 0 (thread 1)" in out
     assert server.result == 12 and engine.machine.exit_status == 12
+
+
+def test_gdb_catches_a_page_ready_through_monitor(tmp_path):
+    sc = load_scenario(HERE / "apf_small.toml")
+    engine = Engine(load_image(Path(sc.base_dir) / sc.image), sc)
+    server = serve(engine, "127.0.0.1", 0, background=True, announce=lambda text: None)
+    try:
+        out = run_gdb(server.address, """
+            monitor catch apf ready
+            continue
+            printf "rip=%#lx\\n", $rip
+            monitor points
+            kill
+        """, REFKERNEL)
+    finally:
+        server.stop()
+    ready = [e for e in engine.log.events if e.kind == "async_pf_ready"]
+    assert ready, out
+    assert "catchpoint 1: apf ready, every vCPU" in out
+    assert f"apfdbg: catchpoint 1: apf ready (event async_pf_ready at time {ready[0].time:,})" in out
+    assert "SIGTRAP" in out and "catch  apf ready" in out and "1 hit" in out
+    assert value(out, "rip") == engine.machine.vcpus[ready[0].vcpu].rip
