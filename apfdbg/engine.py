@@ -544,6 +544,9 @@ class Engine:
             hit = m.debug_stop         # a watchpoint or catchpoint the step set off
             m.debug_stop = None        # a single step is a stop of its own
             n = v.retired - before
+            if what in ("idle", "blocked") and n == 0 and v.rip == rip and hit is None:
+                self._begin_task(vcpu, "into", None)   # halted or stalled: wait until it runs
+                return
             where = f"{self.image.describe(rip)} -> {self.image.describe(v.rip)}"
             if what == "event":
                 why = f"vCPU {vcpu} took an event: {where}"
@@ -558,6 +561,7 @@ class Engine:
             self.stop_event = None
             self._request_pause()
         self.command(go)
+        self._drive_sync()
 
     # --- synchronous driving (tests, screenshots, no engine thread) ---------------------------
     SYNC_LIMIT = 20_000_000
@@ -728,31 +732,32 @@ class Engine:
         self._start_task(vcpu, "to", addr)
 
     def _start_task(self, vcpu: int, mode: str, addr: int | None) -> None:
+        self.command(lambda: self._begin_task(vcpu, mode, addr))
+        self._drive_sync()
+
+    def _begin_task(self, vcpu: int, mode: str, addr: int | None) -> None:
+        """Engine thread: make a stepping command the one in progress and set the engine running."""
         from .debuginfo import line_table
         from .stepping import Stepper
-
-        def go() -> None:
-            m = self.machine
-            if m.exit_requested:
-                self.message = self.stop_reason
-                return
-            self._cancel_task()
-            self._break = None
-            self._step_events = 0
-            st = Stepper(m, vcpu, lock=self.lock, describe=self.image.describe, lines=line_table(self.image),
-                         limit=self._task_limit)
-            gen = {"over": st.over, "out": st.out, "line": lambda: st.line(False),
-                   "line_over": lambda: st.line(True)}.get(mode)
-            self._task = gen() if gen else st.to(addr)
-            names = {"over": "step over", "out": "step out", "line": "source step", "line_over": "source next",
-                     "to": f"run to {self.image.describe(addr or 0)}"}
-            self._task_note = f"{names[mode]} on vCPU {vcpu}" + (" (others frozen)" if self.lock else "")
-            self._task_vcpu = vcpu
-            self.stop_reason = ""
-            self.message = self._task_note
-            self._running.set()
-        self.command(go)
-        self._drive_sync()
+        m = self.machine
+        if m.exit_requested:
+            self.message = self.stop_reason
+            return
+        self._cancel_task()
+        self._break = None
+        self._step_events = 0
+        st = Stepper(m, vcpu, lock=self.lock, describe=self.image.describe, lines=line_table(self.image),
+                     limit=self._task_limit)
+        gen = {"into": st.into, "over": st.over, "out": st.out, "line": lambda: st.line(False),
+               "line_over": lambda: st.line(True)}.get(mode)
+        self._task = gen() if gen else st.to(addr)
+        names = {"into": "step (waiting for the vCPU to run)", "over": "step over", "out": "step out",
+                 "line": "source step", "line_over": "source next", "to": f"run to {self.image.describe(addr or 0)}"}
+        self._task_note = f"{names[mode]} on vCPU {vcpu}" + (" (others frozen)" if self.lock else "")
+        self._task_vcpu = vcpu
+        self.stop_reason = ""
+        self.message = self._task_note
+        self._running.set()
 
     def _task_limit(self) -> int | None:
         return self._sync_limit if self._thread is None and not self.external else None

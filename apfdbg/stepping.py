@@ -112,11 +112,11 @@ class Stepper:
     def _wait_runnable(self) -> Iterator[None]:
         """The vCPU is halted or stalled: run until it can execute again."""
         v, m = self.v, self.m
-        while not m.exit_requested and not (v.state.value == "running" and v.wants_to_run()):
+        while not m.exit_requested and not v.wants_to_run():
             m.pause_requested = False
             now = m.now
             if self.lock:
-                r = m.run_alone(v, now + 1)
+                r = m.run_alone(v, self.limit(), until_runnable=True)
                 if r == "blocked":
                     raise StepError(f"vCPU {v.index} is {v.state.value} and nothing can wake it while the "
                                     "other vCPUs are frozen (k unfreezes them)")
@@ -159,6 +159,15 @@ class Stepper:
         yield from self.run_to(v.rip + size, self._same_frame(), "step over")
 
     # --- commands ---------------------------------------------------------------------------------
+    def into(self) -> Iterator[None]:
+        """One instruction, once this vCPU can run (a halted one waits for its interrupt)."""
+        v = self.v
+        start = v.rip
+        yield from self.one(over_events=False)
+        if self.took_event:
+            return f"took an event: stopped at its handler, {self.describe(v.rip)}"
+        return f"stepped 1 instruction: {self.describe(start)} -> {self.describe(v.rip)}"
+
     def over(self) -> Iterator[None]:
         v = self.v
         start = v.rip

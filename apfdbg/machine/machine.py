@@ -357,7 +357,7 @@ class Machine:
             if due is not None and due <= tl.now:
                 tl.run_due()
 
-    def run_alone(self, v: VCpu, until: int | None = None) -> str:
+    def run_alone(self, v: VCpu, until: int | None = None, *, until_runnable: bool = False) -> str:
         """Run only `v`, every other vCPU frozen (gdb's scheduler-locking), until a pause, the exit
         or virtual time `until`; timed host events still happen, and while `v` cannot run time skips
         to the next one.  Returns "paused", "time", "exited" or "blocked" (nothing can wake `v`)."""
@@ -374,6 +374,8 @@ class Machine:
             if due is not None and due <= tl.now:
                 tl.run_due()
                 continue
+            if until_runnable and v.wants_to_run():
+                return "runnable"
             if not v.wants_to_run():
                 if due is None:
                     return "blocked"

@@ -467,3 +467,19 @@ def test_scenario_debug_section_sets_points_lock_and_memory_view():
     from apfdbg.scenario import ScenarioError
     with pytest.raises(ScenarioError, match="debug.points: 'no_such_symbol'"):
         Engine(load_image(REPO / "guests" / "refkernel" / "refkernel.elf"), sc)
+
+
+def test_stepping_a_halted_vcpu_waits_for_its_interrupt_with_the_others_frozen():
+    eng = refkernel()
+    eng.add_point("catch halt")
+    why = cont(eng)
+    v = stopped_vcpu(why)
+    eng.remove_point(1)
+    cpu = eng.machine.vcpus[v]
+    assert cpu.state.value in ("idle", "apf_halted")
+    others = [o.retired for o in eng.machine.vcpus if o.index != v]
+    why = step(eng, v, "into")
+    assert why.startswith(f"vCPU {v}: took an event: stopped at its handler"), why
+    inj = [e for e in eng.log.events if e.kind == "inject" and e.vcpu == v][-1]
+    assert cpu.rip == inj.handler and cpu.state.value == "running"
+    assert [o.retired for o in eng.machine.vcpus if o.index != v] == others
