@@ -11,14 +11,13 @@ import queue
 import threading
 import time
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .host.kvm import build_machine
-from .machine.config import MachineConfig
 from .machine.image import Image
 from .machine.machine import Machine, RunResult
-from .machine.vcpu import RFLAGS_IF, State
+from .machine.vcpu import RFLAGS_IF
 from .scenario import ScenarioError, Action, EventMatch, Scenario, parse_gfns
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .debuginfo import line_table
@@ -36,7 +36,6 @@ class PointSpec:
     vcpu: int | None = None
     condition: str | None = None        # break
     match: EventMatch | None = None     # catch
-    where: dict[str, Any] = field(default_factory=dict)
 
 
 MSR_NAMES = {

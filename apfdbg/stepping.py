@@ -99,7 +99,7 @@ class Stepper:
             if st is not None and st.id == bp.id:
                 self.m.debug_stop = None
                 return
-            raise _Interrupted
+            raise Interrupted
         finally:
             self.dbg.remove(bp.id)
 
@@ -123,7 +123,7 @@ class Stepper:
             else:
                 m.step(until=now + 1000)
             if m.debug_stop is not None:
-                raise _Interrupted
+                raise Interrupted
             yield
 
     def one(self, over_events: bool) -> Iterator[None]:
@@ -138,7 +138,7 @@ class Stepper:
             what = v.step()
             self.steps += 1
             if m.debug_stop is not None and m.debug_stop.reason != "step":
-                raise _Interrupted
+                raise Interrupted
             if what == "instruction":
                 return
             if what == "exited":
@@ -246,8 +246,5 @@ class Stepper:
         return f" ({self.events} event{'s' if self.events != 1 else ''} handled on the way)"
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """Another stop (a user breakpoint, watchpoint, catchpoint, the exit) ended the command."""
-
-
-Interrupted = _Interrupted
