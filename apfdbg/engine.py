@@ -819,7 +819,7 @@ class Engine:
             self._step_events -= 1
             if not self._step_events:
                 self._stop_run(f"stepped to event #{self.log.total - 1:,} ({event_key(e)})", self.log.total - 1)
-        elif self.events_per_second and is_paced(e):
+        elif self.events_per_second and is_paced(e) and self._task is None:
             self._request_pause()  # pace: one group of events per slice
 
     def _stop_run(self, reason: str, seq: int | None = None) -> None:
@@ -1179,7 +1179,8 @@ class Engine:
                     m.finish()
                     self._exited()
                 if self.events_per_second and self._running.is_set() and self._break is None \
-                        and not self._step_events:  # pace free runs only: breaks and steps go at full speed
+                        and not self._step_events and self._task is None:
+                    # pace free runs only: breaks and stepping commands go at full speed
                     self._publish()
                     last_snap = time.monotonic()
                     time.sleep(1.0 / self.events_per_second)

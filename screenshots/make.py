@@ -31,6 +31,10 @@ from apfdbg.scenario import Action, EventMatch, Scenario, load_scenario  # noqa:
 from apfdbg.ui.app import ApfApp  # noqa: E402
 
 BENCH_GUEST = ROOT / "guests" / "apfdemo" / "apfdemo-bench.elf"
+REFKERNEL = ROOT / "guests" / "refkernel" / "refkernel.elf"
+APF_SMALL = ROOT / "tests" / "gdb" / "apf_small.toml"
+#: every debugger panel: Code, Registers, Stack, Guest memory, Breakpoints (B opens a dialog: Escape)
+DEBUG_KEYS = ["d", "r", "y", "m", "B", "escape"]
 EIGHT_VCPUS = """
 [machine]
 vcpus = 8
@@ -84,6 +88,17 @@ def shots() -> list[tuple[str, tuple[int, int], callable, list[str], dict]]:
     def tour():
         return engine("tour.toml")
 
+    def at_pf_handler():
+        """The reference kernel: a catchpoint stops at the first page-ready, then a breakpoint at the
+        guest's #PF handler (vCPU 1), with a watchpoint on vCPU 1's reason area."""
+        e = Engine(load_image(REFKERNEL), load_scenario(APF_SMALL))
+        for points in (["catch apf ready"], ["pf_handler", "watch apf_reason_area+64 4 vcpu 1"]):
+            for text in points:
+                e.add_point(text)
+            e.resume()
+            e.pump()
+        return e
+
     return [
         ("main-200x60", (200, 60), default_running, [], {}),
         ("first-async-pf-200x60", (200, 60), not_present, ["n"], {}),
@@ -94,6 +109,8 @@ def shots() -> list[tuple[str, tuple[int, int], callable, list[str], dict]]:
         ("timeline-apf-only", (160, 45), default_running, ["6", "F", "z"], {}),
         ("tour-not-present", (200, 60), tour, ["enter", "enter", "enter"], {"tour": True}),
         ("help", (100, 50), lambda: engine(), ["question_mark"], {}),
+        ("debugger-200x60", (200, 60), at_pf_handler, DEBUG_KEYS, {}),
+        ("debugger-120x40", (120, 40), at_pf_handler, DEBUG_KEYS, {}),
         ("theme-apf-paper", (200, 60), default_running, [], {"theme": "apf-paper"}),
         ("theme-apf-amber", (160, 45), default_running, [], {"theme": "apf-amber"}),
     ]

@@ -24,9 +24,12 @@ from ..engine import Engine, Snapshot
 from ..scenario import Action, EventMatch, TourStep
 from . import bindings
 from .base import Panel, ViewCtx
+from .debugger import DebugActions
 from .fmt import APF_BREAK_KINDS, APF_KINDS, num
-from .panels import (HIDDEN_BY_DEFAULT, CodePanel, ConsolePanel, ExplainPanel, HashPanel, MemoryPanel, MsrPanel,
-                     PANELS, ReasonPanel, RegsPanel, TimelinePanel, VcpuPanel, WorksPanel)
+from .layout import DEBUG_PANELS, DebugArea
+from .panels import (HIDDEN_BY_DEFAULT, CodePanel, ConsolePanel, ExplainPanel, GuestMemPanel, HashPanel, MemoryPanel,
+                     MsrPanel, PANELS, PointsPanel, ReasonPanel, RegsPanel, StackPanel, TimelinePanel, VcpuPanel,
+                     WorksPanel)
 from .screens import FilterScreen, HelpScreen, PanelsScreen
 from .themes import DEFAULT_THEME, ThemeError, bundled_themes, load_theme_file
 
@@ -43,6 +46,8 @@ GIL_SWITCH_INTERVAL = 0.02
 SPEEDS: list = ["key", 1, 2, 4, 10, 25, 100, 1000, "full"]
 COMPACT_WIDTH = 120
 COMPACT_HEIGHT = 32
+#: below this height the debugger panels and the APF rows take turns at most of the screen (focus decides)
+TALL_HEIGHT = 50
 RANDOM_PAGE_OUTS = 8
 
 
@@ -82,7 +87,7 @@ class TourBar(Static):
     """
 
 
-class ApfApp(App):
+class ApfApp(DebugActions, App):
     CSS_PATH = "app.tcss"
     TITLE = "apfdbg"
     ENABLE_COMMAND_PALETTE = True
@@ -135,6 +140,8 @@ class ApfApp(App):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "tour_next":
             return bool(self.tour_steps)
+        if action == "edit_register":    # Enter edits a register only there (else: the tour's Enter)
+            return self.focused_panel() is self.panel("regs")
         return True
 
     def gdb_drives(self) -> bool:
@@ -150,9 +157,12 @@ class ApfApp(App):
         yield StatusBar(id="status")
         with Vertical(id="main"):
             yield VcpuPanel()
-            with Horizontal(id="debug"):
+            with DebugArea(id="debug"):
                 yield CodePanel(self.engine.image)
                 yield RegsPanel()
+                yield StackPanel(self.engine.image)
+                yield GuestMemPanel(self.engine.image)
+                yield PointsPanel()
             with Horizontal(id="upper"):
                 yield HashPanel()
                 with Vertical(id="col-mid"):
@@ -190,6 +200,8 @@ class ApfApp(App):
         self._relayout()
         self.poll(force=True)
         self.set_interval(1 / self.refresh_hz, self.poll)
+        self.watch(self.screen, "maximized", self._zoom_changed, init=False)
+        self.watch(self.screen, "focused", lambda _w: self._arrange_debug(), init=False)
         focus = self.engine.scenario.ui.focus or "timeline"
         self.panel(focus).focus()
         if self.tour_steps:
@@ -221,8 +233,34 @@ class ApfApp(App):
         for cid in ("debug", "col-mid", "col-right", "upper", "lower"):
             c = self.query_one(f"#{cid}")
             c.display = any(w.display for w in c.query(Panel))
+        self._arrange_debug()
         if self.snap is not None:
             self._push(self.snap, only_new=True)
+
+    def _arrange_debug(self) -> None:
+        """The debugger panels' area: taller the more of them are shown; on a short screen, tall while
+        one of them has the focus (the APF rows give way) and short again when an APF panel has it."""
+        area = self.query_one(DebugArea)
+        shown = [pid for pid in DEBUG_PANELS if self.panel(pid).display]
+        fr = 12 if len(shown) <= 2 else 30
+        if self.size.height < TALL_HEIGHT and len(shown) > 1:
+            w = area.screen.focused          # the main screen's (a dialog may be on top)
+            fr = 60 if w is not None and w.parent is area else 12
+        if shown == ["points"] and not self.compact:      # alone, the breakpoints need a few lines
+            area.styles.height = max(6, len(self.snap.points) + 4 if self.snap else 0)
+        else:
+            area.styles.height = f"{fr}fr"
+        area.arrange_panels()
+        self._arranged_points = len(self.snap.points) if self.snap is not None else 0
+
+    def _zoom_changed(self, maximized) -> None:
+        area = self.query_one(DebugArea)
+        if maximized is not None and maximized.parent is area:
+            area.release(maximized)
+        else:
+            area.arrange_panels()
+
+    _arranged_points = 0
 
     # --- snapshots -------------------------------------------------------------------------------
     def poll(self, force: bool = False) -> None:
@@ -243,6 +281,10 @@ class ApfApp(App):
     def _apply(self, snap: Snapshot) -> None:
         prev = self.snap
         self.snap = snap
+        self._follow_stop(snap)
+        self._check_replies(snap)
+        if len(snap.points) != self._arranged_points and self.panel("points").display:
+            self._arrange_debug()
         now = time.monotonic()
         if self.base is None:
             self.base = snap
@@ -317,6 +359,9 @@ class ApfApp(App):
         if s.error:
             t.append(" ERROR ", style="bold reverse red")
             t.append(f" {s.error}  ")
+        elif s.running and s.stepping:
+            t.append(" ▶ STEPPING ", style="bold reverse green")
+            t.append(f" {s.stepping} ")
         elif s.running:
             t.append(" ▶ RUNNING ", style="bold reverse green")
             t.append(f" {speed_label(self.speed)} ")
@@ -328,7 +373,9 @@ class ApfApp(App):
             t.append(f" {s.stop_reason or 'paused'} ")
             if self.speed == "key":
                 t.append("(space/. steps) ", style="dim")
-        t.append(f"│ t={num(s.time)} │ {num(s.event_count)} events │ vCPU {self.vcpu} │ ", style="")
+        t.append(f"│ t={num(s.time)} │ {num(s.event_count)} events │ vCPU {self.vcpu} ", style="")
+        t.append("· steps alone " if s.lock else "· steps with others ", style="dim")
+        t.append("│ ")
         t.append(f"{self.image_name} · {s.profile.name if s.profile else ''}", style="dim")
         if s.message:
             t.append(f" │ {s.message}", style="italic")

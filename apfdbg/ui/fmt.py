@@ -156,3 +156,18 @@ APF_KINDS = frozenset({
 #: kinds that "run until the next APF event" stops at
 APF_BREAK_KINDS = ("async_pf_not_present", "async_pf_ready", "async_pf_completed", "async_pf_doublefault",
                    "sync_fault", "wakeup_all", "completion_queue_cleared", "vcpu_reset")
+
+
+def symbolize(image, value: int) -> tuple[str, bool] | None:
+    """`value` as symbol+offset when it points into the image: (text, into code).  Small numbers are not
+    addresses (an image's absolute constants would name them), nor is anything outside its segments."""
+    if image is None or value < 0x1000:
+        return None
+    seg = next((s for s in image.segments if s.paddr <= value < s.paddr + max(s.memsz, len(s.data))), None)
+    if seg is None:
+        return None
+    hit = image.lookup(value)
+    if hit is None:
+        return None
+    sym, off = hit
+    return (f"{sym.name}+{off:#x}" if off else sym.name), seg.executable

@@ -34,9 +34,10 @@ class HelpScreen(ModalScreen[None]):
         table.add_row(Text("\nEverywhere", style="bold underline"), "")
         table.add_row("tab / shift+tab", "Focus the next / previous panel.")
         table.add_row("arrows pgup pgdn home end", "Move the cursor of the focused panel (timeline, works, "
-                      "MSR accesses, memory map).")
+                      "MSR accesses, memory map, code, registers, breakpoints) or scroll it.")
         table.add_row("ctrl+p", "Command palette: every key above as a command, themes, panels.")
-        table.add_row("escape", "Close this screen; restore a zoomed panel.")
+        table.add_row("escape", "Close this screen or a dialog; restore a zoomed panel.")
+        table.add_row("right (in a dialog)", "Accept the completion shown (symbols, catch forms).")
         with VerticalScroll():
             yield Static(Text("apfdbg keys", style="bold"))
             yield Static(table)

@@ -65,6 +65,23 @@ def make_engine(scenario: str = "default.toml", *, image: Path | None = None, ru
     return eng
 
 
+REFKERNEL = ROOT / "guests" / "refkernel" / "refkernel.elf"
+APF_SMALL = ROOT / "tests" / "gdb" / "apf_small.toml"
+
+
+def make_ref_engine(*points: str) -> Engine:
+    """The reference kernel (DWARF lines, a #PF handler) under tests/gdb/apf_small.toml; with points, run
+    (on this thread) to the first stop they make."""
+    eng = Engine(load_image(REFKERNEL), load_scenario(APF_SMALL))
+    for text in points:
+        eng.add_point(text)
+        assert not eng.latest.message.startswith("not set"), eng.latest.message
+    if points:
+        eng.resume()
+        eng.pump()
+    return eng
+
+
 def make_app(engine: Engine, **kw) -> ApfApp:
     kw.setdefault("threaded", False)
     kw.setdefault("paused", True)

@@ -9,7 +9,7 @@ import pytest
 from apfdbg.ui.app import SPEEDS, ApfApp
 from apfdbg.ui.bindings import KEYS
 
-from .conftest import BENCH_GUEST, FULL_HASH, make_app, make_engine, screen_text
+from .conftest import BENCH_GUEST, FULL_HASH, make_app, make_engine, make_ref_engine, screen_text
 
 SIZE = (200, 60)
 
@@ -217,7 +217,7 @@ async def test_v_and_V_switch_vcpu(busy_engine):
         await pilot.press("v")
         assert app.vcpu == 0
         await pilot.press("V")
-        assert app.vcpu == 1 and "│ vCPU 1 │" in status(app)
+        assert app.vcpu == 1 and "│ vCPU 1 ·" in status(app)
 
 
 @pytest.mark.parametrize("key,pid", [("1", "vcpus"), ("2", "msr"), ("3", "hash"), ("4", "works"),
@@ -312,7 +312,7 @@ async def test_t_changes_theme(busy_engine):
 
 async def test_question_mark_shows_every_key(busy_engine):
     app = make_app(busy_engine)
-    async with app.run_test(size=(120, 80)) as pilot:
+    async with app.run_test(size=(120, 150)) as pilot:
         await pilot.press("question_mark")
         from apfdbg.ui.screens import HelpScreen
         assert isinstance(app.screen, HelpScreen)
@@ -473,7 +473,7 @@ async def test_registers_highlight_what_a_step_changed():
         await pilot.press("r", "s")
         await pilot.pause()
         regs = app.query_one("#regs")
-        changed = {name for row in regs._rows if row[0] == "pair" for name, _v, ch in row[1] if ch}
+        changed = {name for name in eng.latest.regs[0] if regs._changed(name)}
         assert "rip" in changed and "rsp" not in changed
         assert f"{eng.latest.regs[0]['rip']:016x}" in screen_text(app)
 
@@ -508,3 +508,361 @@ def test_engine_thread_stops_at_a_breakpoint():
         assert snap.vcpus[v].rip == addr and snap.breakpoints[0].hits == 1
     finally:
         eng.stop()
+
+
+# --- step-through debugging: stepping, breakpoints panel, registers, memory, stack ---------------------
+
+def stopped_vcpu(eng) -> int:
+    return int(re.search(r"vCPU (\d+)", eng.latest.stop_reason).group(1))
+
+
+def line_of(eng, rip: int):
+    from apfdbg.debuginfo import line_table
+    return line_table(eng.image).where(rip)
+
+
+async def test_S_steps_over_a_call():
+    eng = make_ref_engine("trap_dispatch+0x108")          # the call of pf_handler
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        assert app.vcpu == v == 1                            # the UI follows the vCPU that stopped
+        before = eng.latest.vcpus[v].retired
+        await pilot.press("S")
+        snap = eng.latest
+        assert snap.vcpus[v].where == "trap_dispatch+0x10d"   # the instruction after the call
+        assert snap.vcpus[v].retired - before > 100          # pf_handler ran through
+        assert "stepped over call" in status(app) and "trap_dispatch+0x10d" in status(app)
+
+
+async def test_u_steps_out_of_a_function_and_of_a_handler_by_iretq():
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        ret = eng.latest.stack[v].words[0]                   # pf_handler's return address
+        await pilot.press("u")
+        assert eng.latest.vcpus[v].rip == ret
+        assert f"vCPU {v}: returned from pf_handler by ret to trap_dispatch+0x10d" in status(app)
+    eng = make_ref_engine("catch pf")                        # at the first instruction of the #PF stub
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        frame = eng.latest.stack[v].frame
+        assert frame is not None and frame.name == "#PF"
+        await pilot.press("u")
+        snap = eng.latest
+        assert snap.vcpus[v].rip == frame.rip and snap.stack[v].frame is None
+        assert "by iretq to user_main" in status(app)
+
+
+async def test_j_and_J_step_source_lines():
+    eng = make_ref_engine("trap_dispatch+0x108")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        await pilot.press("S")                               # back in trap_dispatch after the call
+        start = line_of(eng, eng.latest.vcpus[v].rip)
+        await pilot.press("j")
+        here = line_of(eng, eng.latest.vcpus[v].rip)
+        assert here != start and here[0].endswith("trap.c")
+        assert f"vCPU {v}: trap.c:{here[1]} (" in status(app)
+        await pilot.press("J")
+        nxt = line_of(eng, eng.latest.vcpus[v].rip)
+        assert nxt[0] == here[0] and nxt[1] > here[1]
+        assert f"trap.c:{nxt[1]}" in status(app)
+        await pilot.press("d", "l")                          # the source view shows the same line
+        await pilot.pause()
+        assert f"trap.c:{nxt[1]}" in screen_text(app)
+
+
+async def test_g_runs_to_the_line_selected_in_the_code_panel():
+    eng = make_engine(run_to=5_000)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("g")                               # hidden Code panel: g shows it first
+        await pilot.pause()
+        code = app.query_one("#code")
+        assert code.display and app.focused is code
+        await pilot.press("down", "down")
+        addr = code.selected_addr()
+        assert addr != eng.latest.vcpus[0].rip
+        await pilot.press("g")
+        await pilot.pause()
+        snap = eng.latest
+        assert snap.vcpus[0].rip == addr and not snap.running
+        assert f"vCPU 0: reached {eng.image.describe(addr)}" in status(app)
+        assert code.selected_addr() == addr                  # the cursor follows RIP there
+        line = next(l for l in screen_text(app).splitlines() if f"{addr:#x} " in l)
+        assert "▶" in line
+
+
+async def test_k_toggles_scheduler_locking():
+    eng = make_ref_engine("trap_dispatch+0x108")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        other = 1 - v
+        assert eng.latest.lock and "steps alone" in status(app)
+        before = eng.latest.vcpus[other].retired
+        await pilot.press("S")                               # a 6,700-instruction step over pf_handler
+        assert eng.latest.vcpus[other].retired == before     # the other vCPU stayed frozen
+        await pilot.press("k")
+        assert not eng.lock and not eng.latest.lock
+        assert "steps with others" in status(app)
+        assert "the other vCPUs run while one steps" in screen_text(app)   # the engine's words
+    eng2 = make_ref_engine("trap_dispatch+0x108")
+    app = make_app(eng2)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("k", "S")                          # the same step, the others running:
+        snap = eng2.latest                                   # vCPU 0 reaches the breakpoint first
+        assert snap.stop_reason.startswith("breakpoint 1 at trap_dispatch+0x108 on vCPU 0")
+        assert app.vcpu == 0 and "on vCPU 0" in status(app)
+        await pilot.press("k")
+        assert eng2.latest.lock and "steps alone" in status(app)
+
+
+async def test_status_bar_shows_a_step_in_progress(busy_engine):
+    import dataclasses
+    app = make_app(busy_engine)
+    async with app.run_test(size=SIZE):
+        snap = dataclasses.replace(busy_engine.latest, running=True, stepping="step out on vCPU 0 (others frozen)")
+        app._apply(snap)
+        assert "STEPPING" in status(app) and "step out on vCPU 0 (others frozen)" in status(app)
+
+
+async def add_point(app, pilot, text: str) -> None:
+    from apfdbg.ui.dialogs import PromptScreen
+    await pilot.press("B")
+    await pilot.pause()
+    assert isinstance(app.screen, PromptScreen)
+    inp = app.screen.query_one("Input")
+    inp.value = text
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def test_B_adds_breakpoints_watchpoints_and_catchpoints():
+    eng = make_ref_engine()
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        from apfdbg.ui.dialogs import PromptScreen
+        await add_point(app, pilot, "trap.c:131 vcpu 1 if rax != 0")
+        p = eng.latest.points[-1]
+        assert (p.kind, p.label, p.vcpu, p.condition) == ("break", "trap.c:131", 1, "rax != 0")
+        text = screen_text(app)
+        assert app.focused.id == "points" and "trap.c:131" in text and "if rax != 0" in text
+        assert f"breakpoint {p.id} at trap.c:131" in text           # the engine's message, as a toast
+        await add_point(app, pilot, "watch apf_reason_area 4")
+        await add_point(app, pilot, "catch apf ready gfn=0x802")
+        kinds = [(q.kind, q.label, q.vcpu) for q in eng.latest.points]
+        assert kinds[1:] == [("watch", "write apf_reason_area [4]", None), ("catch", "apf ready gfn=0x802", None)]
+        assert "write apf_reason_area [4]" in screen_text(app) and "apf ready gfn=0x802" in screen_text(app)
+        # a typo keeps the dialog open and says what is wrong; nothing is sent
+        await add_point(app, pilot, "catch nothing")
+        assert isinstance(app.screen, PromptScreen)
+        assert "catch 'nothing'?" in screen_text(app)
+        await pilot.press("escape")
+        assert len(eng.latest.points) == 3
+        # a run stops at the watchpoint: its row is marked, its hits counted
+        eng.resume()
+        eng.pump()
+        app.poll(force=True)
+        await pilot.pause()
+        w = eng.latest.points[1]
+        assert eng.latest.stop_reason.startswith(f"watchpoint {w.id} (write apf_reason_area [4])")
+        assert w.hits == 1
+        row = next(l for l in screen_text(app).splitlines() if "write apf_reason_area [4]" in l and "▶" in l)
+        assert re.search(r"all\s+1\b", row)
+
+
+async def test_B_shows_the_engines_refusal_as_a_warning():
+    eng = make_ref_engine()
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        app._check_point = lambda text: ""         # let a bad point through to the engine
+        await add_point(app, pilot, "no_such_symbol")
+        assert eng.latest.message.startswith("not set:") and not eng.latest.points
+        assert "not set:" in screen_text(app)
+        note = list(app._notifications)[-1]
+        assert note.message.startswith("not set:") and note.severity == "warning"
+
+
+async def test_delete_and_backspace_remove_the_selected_point():
+    eng = make_ref_engine()
+    for text in ("pf_handler", "catch gp", "catch triple-fault"):
+        eng.add_point(text)
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("B", "escape", "down")
+        pts = app.query_one("#points")
+        assert app.focused is pts and pts.selected_point().label == "#GP"
+        await pilot.press("delete")
+        await pilot.pause()
+        assert [p.label for p in eng.latest.points] == ["pf_handler", "triple fault"]
+        assert "#GP" not in screen_text(app) and "deleted point 2" in screen_text(app)
+        await pilot.press("home", "backspace")
+        await pilot.pause()
+        assert [p.label for p in eng.latest.points] == ["triple fault"]
+        await pilot.press("6", "delete")                      # elsewhere Delete deletes nothing
+        assert len(eng.latest.points) == 1
+
+
+async def test_enter_edits_the_selected_register():
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        from apfdbg.ui.dialogs import PromptScreen
+        v = stopped_vcpu(eng)
+        await pilot.press("r", "right")                       # rax -> rbx
+        regs = app.query_one("#regs")
+        assert regs.selected == "rbx"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, PromptScreen)
+        inp = app.screen.query_one("Input")
+        assert inp.value == f"{eng.latest.regs[v]['rbx']:#x}"   # prefilled with the value
+        inp.value = "0x1234abcd"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert eng.latest.regs[v]["rbx"] == 0x1234abcd
+        assert eng.machine.vcpus[v].reg(__import__("apfdbg.machine.debug", fromlist=["REGS"]).REGS["rbx"]) == 0x1234abcd
+        text = screen_text(app)
+        assert "000000001234abcd" in text and f"vCPU {v}: rbx = 0x1234abcd" in text
+        # decimal works too
+        await pilot.press("enter")
+        await pilot.pause()
+        app.screen.query_one("Input").value = "31"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert eng.latest.regs[v]["rbx"] == 31
+        # a read-only register: the engine's refusal, as a warning; nothing changes
+        cr3 = eng.latest.regs[v]["cr3"]
+        regs.action_select("cr3")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, PromptScreen) and eng.latest.regs[v]["cr3"] == cr3
+        assert "cr3 is read-only here" in screen_text(app)
+
+
+async def test_m_shows_guest_memory_at_the_reason_area():
+    eng = make_ref_engine("catch apf ready")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        assert not app.query_one("#gmem").display
+        await pilot.press("m")
+        await pilot.pause()
+        mv = eng.latest.memory[v]
+        area = eng.latest.apf[v].area_gpa
+        assert app.focused.id == "gmem" and mv.physical and mv.addr == area & ~0xF
+        text = screen_text(app)
+        assert f"reason → {mv.addr:#x} {eng.image.describe(mv.addr)}" in text and "guest-physical" in text
+        assert f"{mv.addr:x}  02 00 00 00" in text              # reason 2: page ready
+
+
+async def test_M_sets_the_memory_address():
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        from apfdbg.ui.dialogs import PromptScreen
+        v = stopped_vcpu(eng)
+        await pilot.press("M")
+        await pilot.pause()
+        assert isinstance(app.screen, PromptScreen) and app.query_one("#gmem").display
+        await pilot.click("#preset-1")                       # the rsp preset
+        await pilot.pause()
+        rsp = eng.latest.regs[v]["rsp"]
+        mv = eng.latest.memory[v]
+        assert eng.mem_expr == "rsp" and mv.addr == rsp & ~0xF and not mv.physical
+        assert f"rsp → {mv.addr:#x}" in screen_text(app)
+        await pilot.press("S")                               # push rbx: the stack changes, and so does RSP
+        assert eng.latest.memory[v].addr == eng.latest.regs[v]["rsp"] & ~0xF
+        # a bad expression: the engine's message as a warning, the view unchanged
+        await pilot.press("M")
+        await pilot.pause()
+        app.screen.query_one("Input").value = "nosuch + 3"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert eng.mem_expr == "rsp" and "no register or symbol named 'nosuch'" in screen_text(app)
+
+
+async def test_y_shows_the_stack_and_the_interrupt_frame():
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        v = stopped_vcpu(eng)
+        sv = eng.latest.stack[v]
+        await pilot.press("y")
+        await pilot.pause()
+        assert app.focused.id == "stack" and app.query_one("#stack").display
+        text = screen_text(app)
+        assert f"rsp {sv.rsp:#x}" in text and "in #PF handler idt_stubs+0xe0" in text
+        assert "trap_dispatch+0x10d" in text                 # the return address, named
+        fr = sv.frame
+        err = next(l for l in text.splitlines() if "#PF error code" in l)
+        assert f"+{fr.at - sv.rsp:#x}" in err and "┐" in err
+        rip = next(l for l in text.splitlines() if "│ rip" in l)
+        assert f"{fr.rip:016x}" in rip and eng.image.describe(fr.rip) in rip
+        assert re.search(rf"{fr.ss:016x}\s+┘ ss", text)
+
+
+# --- the debugger panels' layout ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(200, 60), (120, 40)])
+async def test_debugger_panels_fit_side_by_side_or_stacked(size):
+    from apfdbg.ui.layout import DEBUG_PANELS, MIN_W
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("d", "r", "y", "m", "B", "escape")
+        await pilot.pause()
+        regions = {pid: app.query_one(f"#{pid}").region for pid in DEBUG_PANELS}
+        for pid, r in regions.items():
+            assert r.width >= MIN_W[pid] and r.height >= 4, (pid, r)
+            assert r.right <= size[0]
+        for a in DEBUG_PANELS:
+            for b in DEBUG_PANELS:
+                if a < b:
+                    assert not regions[a].overlaps(regions[b]), (a, b)
+        # zoom a debug panel and back
+        await pilot.press("y", "z")
+        await pilot.pause()
+        assert app.query_one("#stack").region.width == size[0]
+        await pilot.press("z")
+        await pilot.pause()
+        assert app.query_one("#stack").region == regions["stack"]
+
+
+async def test_debugger_panels_in_the_compact_layout():
+    eng = make_ref_engine("pf_handler")
+    app = make_app(eng)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, pid in (("y", "stack"), ("m", "gmem"), ("r", "regs")):
+            await pilot.press(key)
+            await pilot.pause()
+            p = app.query_one(f"#{pid}")
+            assert app.focused is p and p.display and p.region.width == 80
+            shown = [q for q in ("code", "regs", "stack", "gmem", "points") if app.query_one(f"#{q}").display]
+            assert shown == [pid]
+
+
+async def test_steps_run_at_full_speed_in_slow_motion_then_the_pace_returns():
+    """Slow motion paces free runs only: the engine runs a stepping command at full speed and the
+    speed setting stays as it was."""
+    import time
+    eng = make_ref_engine("pf_handler")
+    app = ApfApp(eng, threaded=True, paused=True, speed=4)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        assert eng.events_per_second == 4.0
+        t0 = time.monotonic()
+        await pilot.press("u")
+        while time.monotonic() - t0 < 10:
+            await pilot.pause(0.02)
+            if not eng.latest.running and eng.latest.stop_reason.startswith("vCPU 1: returned"):
+                break
+        assert eng.latest.stop_reason == "vCPU 1: returned from pf_handler by ret to trap_dispatch+0x10d"
+        assert time.monotonic() - t0 < 3              # paced, it takes about 7 s
+        await pilot.pause(0.1)
+        assert eng.events_per_second == 4.0 and app.speed == 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from apfdbg.scenario import EventMatch
 
-from .conftest import BENCH_GUEST, FULL_HASH, SEED_PROFILE, make_app, make_engine
+from .conftest import BENCH_GUEST, FULL_HASH, SEED_PROFILE, make_app, make_engine, make_ref_engine
 
 WIDE = (200, 60)
 SMALL = (80, 24)
@@ -127,3 +127,64 @@ def test_registers_panel_changed_since_last_pause(snap_compare):
     """Registers zoomed after a single step: what the instruction changed is highlighted."""
     eng = make_engine(run_to=5_000)
     assert snap_compare(make_app(eng), terminal_size=(100, 24), press=["r", "z", "s"])
+
+
+# --- step-through debugging -------------------------------------------------------------------------
+DEBUG_KEYS = ["d", "r", "y", "m", "B", "escape"]
+
+
+def at_pf_handler():
+    """The reference kernel stopped at pf_handler on vCPU 1 (a user #PF just after a page-ready the
+    catchpoint stopped at), with a watchpoint on vCPU 1's reason area."""
+    eng = make_ref_engine("catch apf ready")
+    for text in ("pf_handler", "watch apf_reason_area+64 4 vcpu 1"):
+        eng.add_point(text)
+    eng.resume()
+    eng.pump()
+    assert eng.latest.stop_reason == "breakpoint 2 at pf_handler on vCPU 1"
+    return eng
+
+
+def test_debugger_view_at_a_breakpoint(snap_compare):
+    """Every debugger panel at 200x60: Code at pf_handler, Registers, Stack with the #PF frame
+    bracketed, Guest memory on vCPU 1's reason area (reason 2), Breakpoints with the one hit marked."""
+    assert snap_compare(make_app(at_pf_handler()), terminal_size=WIDE, press=DEBUG_KEYS)
+
+
+def test_debugger_view_120x40(snap_compare):
+    """The same at 120x40: Code over Guest memory over Breakpoints, Registers over Stack; the
+    debugger panels have the focus, so they take most of the height."""
+    assert snap_compare(make_app(at_pf_handler()), terminal_size=(120, 40), press=DEBUG_KEYS)
+
+
+def test_stack_panel_interrupt_frame(snap_compare):
+    """Stack zoomed in the #PF handler: return addresses named, runs of zeros folded, the frame the
+    delivery pushed bracketed (error code, RIP, CS, RFLAGS decoded, RSP, SS)."""
+    assert snap_compare(make_app(make_ref_engine("pf_handler")), terminal_size=(100, 30), press=["y", "z"])
+
+
+def test_guest_memory_follows_rsp(snap_compare):
+    """Guest memory on `rsp` (typed in the M dialog), after a step over `push rbx`: the view followed
+    RSP down and the pushed bytes are highlighted."""
+    keys = ["M", "r", "s", "p", "enter", "S", "m", "z"]
+    assert snap_compare(make_app(make_ref_engine("pf_handler")), terminal_size=(100, 24), press=keys)
+
+
+def test_add_point_dialog(snap_compare):
+    """B: the add dialog with the syntax, a typo's message, the Breakpoints panel behind it."""
+    keys = ["B", *"catch nothing", "enter"]
+    assert snap_compare(make_app(at_pf_handler()), terminal_size=(120, 40), press=keys)
+
+
+def test_breakpoints_panel(snap_compare):
+    """Breakpoints zoomed: a conditional breakpoint on one vCPU, a watchpoint, catchpoints; the one the
+    run stopped at marked, its hit count highlighted."""
+    eng = make_ref_engine("catch msr kvm_asyncpf_en", "trap.c:131 vcpu 1 if rax != 0", "rwatch apf_reason_area 64",
+                          "catch apf not-present token=0x1")
+    assert snap_compare(make_app(eng), terminal_size=(100, 20), press=["B", "escape", "z"])
+
+
+def test_registers_cursor_and_edit(snap_compare):
+    """Registers zoomed with the cursor moved to rbx and a new value entered: the write is highlighted."""
+    keys = ["r", "z", "right", "enter", *"0x1234abcd", "enter"]
+    assert snap_compare(make_app(make_ref_engine("pf_handler")), terminal_size=(100, 24), press=keys)

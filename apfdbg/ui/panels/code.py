@@ -26,7 +26,7 @@ def _capstone():
 class CodePanel(Panel):
     PANEL_ID = "code"
     TITLE = "Code"
-    KEY = "d · l source · b break"
+    KEY = "d · l source · b break · g run to"
     SELECTABLE = True
     TIER = 1
     EMPTY_HINT = "No code to show: the selected vCPU's RIP is not mapped."
@@ -41,6 +41,7 @@ class CodePanel(Panel):
         self._file = ""
         self._cur_line: int | None = None
         self._at: tuple | None = None      # (vcpu, rip, mode) the cursor was last put on
+        self._aw = 11
 
     @property
     def lines(self) -> LineTable | None:
@@ -74,6 +75,7 @@ class CodePanel(Panel):
                     off = rip - cv.start
                     self._insns = list(_capstone().disasm_lite(cv.data[off:], rip)) if 0 <= off < len(cv.data) else []
             cur = next((i for i, ins in enumerate(self._insns) if ins[0] == rip), None)
+            self._aw = len(f"{self._insns[-1][0]:#x}") + 1 if self._insns else 11
             self.set_rows(len(self._insns))
         at = (ctx.vcpu, rip, self.source_mode, ctx.snap.time)
         if at != self._at and cur is not None:
@@ -115,7 +117,7 @@ class CodePanel(Panel):
         if self.source_mode:
             return ("src", self._file, self._first_line + i, self._cur_line, bps)
         ins = self._insns[i]
-        return ("asm", ins, ins[0] == rip, ins[0] in bps)
+        return ("asm", ins, ins[0] == rip, ins[0] in bps, self._aw)
 
     def selected_addr(self) -> int | None:
         """The address of the selected line (source view: the line's first address), or None."""
@@ -147,7 +149,9 @@ class CodePanel(Panel):
         r.add("▶ " if cur else "  ", self.st("accent"))
         hit = self.image.lookup(addr) if self.image is not None else None
         label = (f"{hit[0].name}+{hit[1]:#x}" if hit[1] else hit[0].name) if hit else ""
-        r.cell(f"{addr:#x}", 11, self.st("dim"))
-        r.cell(label, 24, self.st("accent") if hit and not hit[1] else self.st("dim"))
+        aw = self._aw            # the address column: as wide as the longest address shown
+        r.cell(f"{addr:#x}", aw, self.st("dim"))
+        # narrow panel: the label column gives way first (the instruction needs about 34 cells)
+        r.cell(label, max(12, min(24, width - 4 - aw - 34)), self.st("accent") if hit and not hit[1] else self.st("dim"))
         r.add(f" {mnem:<7} {ops}", self.st("changed") if cur else None)
         return r
