@@ -545,15 +545,22 @@ class ApfApp(DebugActions, App):
         self._command(Action(at=0, do="reset_vcpu", vcpu=self.vcpu))
 
     # --- actions: debugger ------------------------------------------------------------------------
-    def action_toggle_breakpoint(self) -> None:
+    def selected_code_addr(self, then: str) -> int | None:
+        """The address of the line selected in the Code panel; None (after saying why) if there is
+        none yet. `then` finishes "select a line, then ..." when the panel had to be shown first."""
         code = self.panel("code")
         if code.display is False or code.ctx is None:
             self.action_focus_panel("code")
-            self.notify("Code panel shown: select a line, then b sets a breakpoint there.")
-            return
+            self.notify(f"Code panel shown: select a line, then {then}.")
+            return None
         addr = code.selected_addr()
         if addr is None:
             self.notify("Select a line with code in the Code panel first (d, then arrows).", severity="warning")
+        return addr
+
+    def action_toggle_breakpoint(self) -> None:
+        addr = self.selected_code_addr("b sets a breakpoint there")
+        if addr is None:
             return
         self.engine.toggle_breakpoint(addr)
         self._expect_change()

@@ -108,14 +108,8 @@ class DebugActions:
     def action_run_to_cursor(self) -> None:
         if self.gdb_drives():
             return
-        code = self.panel("code")
-        if code.display is False or code.ctx is None:
-            self.action_focus_panel("code")
-            self.notify("Code panel shown: select a line, then g runs the selected vCPU to it.")
-            return
-        addr = code.selected_addr()
+        addr = self.selected_code_addr("g runs the selected vCPU to it")
         if addr is None:
-            self.notify("Select a line with code in the Code panel first (d, then arrows).", severity="warning")
             return
         self.engine.pause()
         self.engine.run_to_cursor(self.vcpu, addr)
