@@ -345,6 +345,8 @@ class Engine:
         self._task_vcpu = 0
         self._in_step = False
         self.mem_expr = sc.debug.memory        # what the memory panel shows
+        self._mem_compiled: tuple | None = None  # (text, physical, compiled expression)
+        self._mem_cpu = None                   # the vCPU the expression is being evaluated for
         self._task = None                      # a stepping command in progress (generator)
         self._task_note = ""
         self._frames: dict[int, list] = {}     # per vCPU: recent deliveries (for the stack panel)
@@ -611,16 +613,7 @@ class Engine:
         return True
 
     def _describe_stop(self, st) -> str:
-        rip = self.machine.vcpus[st.vcpu].rip if st.vcpu < len(self.machine.vcpus) else st.rip
-        where = self.image.describe(rip)
-        point = self.debugger.breakpoints.get(st.id) or self.debugger.watchpoints.get(st.id)
-        num = f" {st.id}" if st.id is not None else ""
-        if st.reason == "watchpoint" and st.address is not None:
-            label = f" ({point.label})" if point is not None and point.label else ""
-            return f"watchpoint{num}{label}: access to {st.address:#x} by vCPU {st.vcpu}, now at {where}"
-        if st.reason == "event":
-            return f"catchpoint{num}: {st.detail}, vCPU {st.vcpu} at {where}"
-        return f"{st.reason}{num} at {where} on vCPU {st.vcpu}"
+        return self.debugger.describe_stop(st, self.image.describe)
 
     # --- breakpoints (commands: run them through command()) ---------------------------------------
     def toggle_breakpoint(self, addr: int) -> None:
@@ -904,20 +897,22 @@ class Engine:
                 for c in getattr(d, "catchpoints", {}).values()]
         return tuple(sorted(out, key=lambda p: p.id))
 
-    def _mem_names(self, v) -> Callable[[str], int | None]:
-        def names(n: str) -> int | None:
-            if n == "reason":   # not set yet: _mem_view says so; 0 lets expressions be checked
-                return self._last_area.get(v.index, 0)
-            return self._symbol_value(n)
-        return names
-
-    def _mem_target(self, v, text: str) -> tuple[int | None, bool]:
+    def _mem_target(self, v, text: str) -> tuple[int, bool]:
+        """(address, guest-physical?) of a memory-view expression for vCPU `v`; the expression is
+        parsed once and evaluated at every snapshot."""
         from .machine.debug import compile_expr
-        physical = False
-        if text.startswith("phys ") or text == "reason":
-            physical = True
-            text = text[5:] if text.startswith("phys ") else text
-        return compile_expr(text, self._mem_names(v))(v) & (2**64 - 1), physical
+        self._mem_cpu = v
+        if self._mem_compiled is None or self._mem_compiled[0] != text:
+            physical = text.startswith("phys ") or text == "reason"
+            body = text[5:] if text.startswith("phys ") else text
+
+            def names(n: str) -> int | None:
+                if n == "reason":   # not set yet: _mem_view says so; 0 lets expressions be checked
+                    return self._last_area.get(self._mem_cpu.index, 0)
+                return self._symbol_value(n)
+            self._mem_compiled = (text, physical, compile_expr(body, names))
+        _, physical, fn = self._mem_compiled
+        return fn(v) & (2**64 - 1), physical
 
     def _mem_check(self, text: str) -> str:
         from .machine.debug import ConditionError
@@ -954,10 +949,14 @@ class Engine:
             rsp = v.reg(_RSP)
         except Exception:  # noqa: BLE001
             return None
-        words = []
-        for i in range(STACK_WORDS):
-            raw = v.peek(rsp + 8 * i, 8)
-            words.append(int.from_bytes(raw, "little") if raw is not None else None)
+        raw = v.peek(rsp, 8 * STACK_WORDS)   # one read; word by word only across an unmapped page
+        if raw is not None:
+            words = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+        else:
+            words = []
+            for i in range(STACK_WORDS):
+                w = v.peek(rsp + 8 * i, 8)
+                words.append(int.from_bytes(w, "little") if w is not None else None)
         frame = None
         for vector, err, handler, ret_rip, at in reversed(self._frames.get(v.index, ())):
             slot = at + (8 if err is not None else 0)

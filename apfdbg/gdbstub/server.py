@@ -347,16 +347,17 @@ class GdbServer:
         self._why = why
         self._dirty = True
 
-    def _where(self, vcpu: int, rip: int | None = None) -> str:
-        m = self.machine
-        if rip is None:
-            rip = m.vcpus[vcpu].rip
-        image = getattr(m, "image", None)
+    def _describe_addr(self, rip: int) -> str:
+        image = getattr(self.machine, "image", None)
         try:
-            at = image.describe(rip) if image is not None and hasattr(image, "describe") else f"{rip:#x}"
+            return image.describe(rip) if image is not None and hasattr(image, "describe") else f"{rip:#x}"
         except Exception:
-            at = f"{rip:#x}"
-        return f"{at} on vCPU {vcpu}"
+            return f"{rip:#x}"
+
+    def _where(self, vcpu: int, rip: int | None = None) -> str:
+        if rip is None:
+            rip = self.machine.vcpus[vcpu].rip
+        return f"{self._describe_addr(rip)} on vCPU {vcpu}"
 
     def _service(self, force: bool = False) -> None:
         """Run the TUI's queued commands and publish a snapshot (this thread owns the machine)."""
@@ -666,12 +667,8 @@ class GdbServer:
         """The TUI's words for a breakpoint or watchpoint stop."""
         where = self._where(stop.vcpu, stop.rip)
         if stop.id is not None and stop.id not in self.point_kinds:  # a monitor or TUI point
-            if stop.reason == "event":
-                return f"catchpoint {stop.id}: {stop.detail}, at {where}"
-            d = self.debugger
-            point = d.breakpoints.get(stop.id) or d.watchpoints.get(stop.id)
-            label = f" ({point.label})" if point is not None and point.label else ""
-            return f"{stop.reason} {stop.id}{label} at {where} (apfdbg's, not gdb's)"
+            text = self.debugger.describe_stop(stop, self._describe_addr)
+            return text if stop.reason == "event" else f"{text} (apfdbg's, not gdb's)"
         if stop.reason == "watchpoint":
             kind = {3: "read ", 4: "access "}.get(self.point_kinds.get(stop.id, 2), "")
             addr = f" {stop.address:#x}" if stop.address is not None else ""

@@ -219,6 +219,22 @@ class Debugger:
                 return
 
     # --- stops ---------------------------------------------------------------------------------
+    def describe_stop(self, stop: DebugStop, where: Callable[[int], str]) -> str:
+        """A stop in words (`where(rip)` names an address): the engine's stop reason and what the
+        gdb stub prints for points gdb did not set."""
+        v = self.m.vcpus[stop.vcpu] if stop.vcpu < len(self.m.vcpus) else None
+        at = where(v.rip if v is not None else stop.rip)
+        num = f" {stop.id}" if stop.id is not None else ""
+        point = self.breakpoints.get(stop.id) or self.watchpoints.get(stop.id)
+        if stop.reason == "watchpoint" and stop.address is not None:
+            label = f" ({point.label})" if point is not None and point.label else ""
+            return f"watchpoint{num}{label}: access to {stop.address:#x} by vCPU {stop.vcpu}, now at {at}"
+        if stop.reason == "event":
+            return f"catchpoint{num}: {stop.detail}, vCPU {stop.vcpu} at {at}"
+        # a breakpoint set at a source line says which (the address alone names a symbol)
+        label = f" ({point.label})" if point is not None and ":" in point.label else ""
+        return f"{stop.reason}{num}{label} at {at} on vCPU {stop.vcpu}"
+
     def hit(self, stop: DebugStop) -> None:
         if self.m.debug_stop is not None:
             return  # the first stop of a slice is the one reported
