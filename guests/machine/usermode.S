@@ -56,8 +56,11 @@ _start:
 
 kernel_again:
     movq kernel_rsp(%rip), %rsp
+    SKIP_IF_QUIRK QUIRK_SYSCALL, 1f
     ASSERT_EQ syscalls(%rip), $2, 0x02
+1:  SKIP_IF_QUIRK QUIRK_USER_INT, 1f
     ASSERT_EQ int80s(%rip), $1, 0x03
+1:
     xorl %eax, %eax
     movw %cs, %ax
     ASSERT_EQ %rax, $KERNEL_CS, 0x04
@@ -69,11 +72,13 @@ syscall_entry:
     pushfq                              /* (on the user stack: syscall does not switch it) */
     popq %r12
     incq syscalls(%rip)
+    SKIP_IF_QUIRK QUIRK_USER_SEGS, 1f
     xorl %eax, %eax
     movw %cs, %ax
     ASSERT_EQ %rax, $KERNEL_CS, 0x10
     movw %ss, %ax
     ASSERT_EQ %rax, $KERNEL_DS, 0x11
+1:
     ASSERT_EQ %rcx, user_syscall_ret(%rip), 0x12  /* RCX = the user RIP after syscall */
     ASSERT_EQ %r11, user_rflags(%rip), 0x13       /* R11 = the user RFLAGS */
     movq user_rflags(%rip), %rax
@@ -102,15 +107,18 @@ user_main:
     pushfq
     popq %rax
     ASSERT_EQ %rax, $(RFLAGS_FIXED | RFLAGS_IF), 0x20   /* RFLAGS from the iretq frame */
+    SKIP_IF_QUIRK QUIRK_USER_SEGS, 1f
     xorl %eax, %eax
     movw %cs, %ax
     ASSERT_EQ %rax, $USER_CS, 0x21
     movw %ss, %ax
     ASSERT_EQ %rax, $USER_DS, 0x22
+1:
     leaq ustack_top(%rip), %rax
     ASSERT_EQ %rsp, %rax, 0x23
 
     /* --- syscall / sysretq ------------------------------------------------------- */
+    SKIP_IF_QUIRK QUIRK_SYSCALL, user_int80
     xorl %ebx, %ebx
     xorl %edx, %edx
     leaq user_after_syscall(%rip), %rax
@@ -127,13 +135,17 @@ user_after_syscall:
     cld
     ASSERT_EQ %rax, user_rflags(%rip), 0x30   /* RFLAGS = R11 = what it was */
     ASSERT_EQ %rdx, $0x5a5a, 0x31
+    SKIP_IF_QUIRK QUIRK_USER_SEGS, 1f
     xorl %eax, %eax
     movw %cs, %ax
     ASSERT_EQ %rax, $USER_CS, 0x32
     movw %ss, %ax
     ASSERT_EQ %rax, $USER_DS, 0x33
+1:
 
     /* --- int 0x80 through the DPL 3 gate ----------------------------------------- */
+user_int80:
+    SKIP_IF_QUIRK QUIRK_USER_INT, user_priv
     movq %rsp, user_rsp(%rip)
     movl $0x1234, %eax
     int $0x80
@@ -157,9 +169,11 @@ user_after_int80:
     testl $RFLAGS_IF, %gs:PC_RFLAGS
     jnz 1f
     FAIL 0x4a                           /* the saved RFLAGS has the user's IF = 1 */
-1:  xorl %eax, %eax
+1:  SKIP_IF_QUIRK QUIRK_USER_SEGS, 1f
+    xorl %eax, %eax
     movw %ss, %ax
     ASSERT_EQ %rax, $USER_DS, 0x4b      /* back at CPL 3 with the user SS */
+1:
     ASSERT_EQ %rsp, user_rsp(%rip), 0x4c
 
     /* --- int 0x81 (DPL 0 gate) and int3 (DPL 0 gate) from CPL 3: #GP -------------------- */
@@ -179,6 +193,7 @@ u_int3:
 1:  CHECK_EXC EXC_GP, (3*8+2), u_int3, USER_CS, 0x58
 
     /* --- privileged at CPL 3 --------------------------------------------------------- */
+user_priv:
     EXPECT 1f
 u_cli:
     cli
@@ -213,6 +228,13 @@ u_movcr:
 1:  CHECK_EXC EXC_GP, 0, u_movcr, USER_CS, 0x80
 
     /* --- back to the kernel for good ------------------------------------------------- */
+    testq $QUIRK_SYSCALL, tl_quirks(%rip)
+    jz 2f
+    movq kernel_rsp(%rip), %rax         /* no syscall on this host: through a #GP instead */
+    EXPECT_JMP kernel_again, %rax
+    int $0x81
+    FAIL 0x89
+2:
     movq %rsp, user_rsp(%rip)
     pushfq
     popq %rax

@@ -10,15 +10,17 @@ What differs from apfdbg, and how the guests cope:
 - Long mode needs paging on a real CPU: the runner identity-maps guest RAM with 2 MiB pages
   (present, writable, user) at 0x3000-0x5fff, a range the ABI leaves unused. A guest that loads
   its own CR3 (paging) sees no difference.
-- What KVM does differently from the ABI (RDTSC is the host's clock, TSC writes, x2APIC EOI
-  values, and on kvm_pvm a few more) is passed to the guest in its `tl_quirks` word (QUIRK_* in
-  guests/common/testlib.inc); the guests skip just those checks. Under apfdbg the word is 0.
+- What this host's KVM does differently from the architecture is found at run time: the probe
+  guest (guests/machine/kvmprobe.S) runs first and names each rule the host breaks; the runner
+  passes those QUIRK_* bits (guests/common/testlib.inc) in the guest's `tl_quirks` word and the
+  guests skip just those checks. Nothing is keyed by kernel version or KVM flavour. Under apfdbg
+  the word is 0 (docs/test-guests.md lists the quirks and where each was seen).
 - There is no instruction limit and no deadlock detector: a wall-clock timeout ends the run; if by
   then every vCPU is halted with IF = 0 the status is 2 (deadlock), otherwise 6.
-- kvm_pvm (KVM without hardware virtualization, as on this project's machines) cannot re-inject
-  a software interrupt whose delivery exits; `_soft_interrupt` finishes those INT n at CPL 0.
+- A software interrupt that KVM cannot re-inject comes back as an emulation failure exit;
+  `_soft_interrupt` finishes those INT n at CPL 0.
 
-    python3 guests/tools/kvmrun.py guests/machine/hello.elf --vcpus 2
+    python3 guests/tools/kvmrun.py guests/machine/hello.elf --vcpus 2   # prints the quirks too
     KVMRUN_TRACE=1 ...   # report each INT n the runner had to finish
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 MIB = 1 << 20
@@ -83,20 +86,49 @@ class KvmError(OSError):
     pass
 
 
-QUIRK_HOST_TSC, QUIRK_KVM_EOI, QUIRK_APIC_ISR, QUIRK_IRQ_WINDOW = 1, 2, 4, 8
+#: The QUIRK_* bits of guests/common/testlib.inc, by the names the probe prints.
+QUIRK_BITS = {"host_tsc": 1, "kvm_eoi": 2, "apic_isr": 4, "irq_window": 8, "noncanon_msr": 16,
+              "user_segs": 32, "syscall": 64, "user_int": 128}
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "machine", "kvmprobe.elf")
 
 
-def quirks() -> int:
-    """What KVM does not do the way apfdbg's ABI says (testlib.inc, QUIRK_*)."""
-    q = QUIRK_HOST_TSC | QUIRK_KVM_EOI
-    if is_pvm():
-        q |= QUIRK_APIC_ISR | QUIRK_IRQ_WINDOW
-    return q
+@dataclass(frozen=True)
+class Quirks:
+    """What this host's KVM does not do the way the architecture (and apfdbg) does, as found by
+    running the probe guest (guests/machine/kvmprobe.S) under it: nothing is assumed from the
+    kernel version or the KVM flavour."""
+    mask: int
+    seen: tuple[str, ...]      # the probe's `quirk NAME: ...` lines
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, bit in QUIRK_BITS.items() if self.mask & bit]
+
+    def describe(self) -> str:
+        if not self.mask:
+            return "none"
+        return ", ".join(self.names)
 
 
-def is_pvm() -> bool:
-    """KVM's PVM flavour (kvm_pvm: no hardware virtualization, guests run in host ring 3)."""
-    return os.path.exists("/sys/module/kvm_pvm")
+_probed: Quirks | None = None
+
+
+def probe_quirks() -> Quirks:
+    """Run the probe under KVM once per process; raise KvmError if it does not end with PASS."""
+    global _probed
+    if _probed is None:
+        g = KvmGuest(PROBE, 1, quirk_mask=0)
+        try:
+            res = g.run(20.0)
+        finally:
+            g.close()
+        text = res.consoles[0].decode("utf-8", "replace")
+        lines = text.splitlines()
+        mask = next((int(line.split()[1], 16) for line in lines if line.startswith("quirks ")), None)
+        if res.status != 1 or mask is None:
+            raise KvmError(0, f"the KVM probe guest failed (status {res.status}: {res.reason}): {text!r}")
+        _probed = Quirks(mask, tuple(line for line in lines if line.startswith("quirk ")))
+    return _probed
 
 
 def ioctl(fd: int, req: int, arg=None) -> int:
@@ -205,8 +237,10 @@ def _seg(sel: int, code: bool, dpl: int = 0) -> Segment:
 
 
 class KvmGuest:
-    def __init__(self, path: str, vcpus: int = 1, ram_mib: int = 16) -> None:
+    def __init__(self, path: str, vcpus: int = 1, ram_mib: int = 16, quirk_mask: int | None = None) -> None:
+        """quirk_mask: the guest's tl_quirks word (default: what the probe finds on this host)."""
         self.path, self.nvcpus, self.ram_size = path, vcpus, ram_mib * MIB
+        self.quirk_mask = probe_quirks().mask if quirk_mask is None else quirk_mask
         self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         if ioctl(self.kvm, KVM_GET_API_VERSION) != 12:
             raise KvmError(0, "unexpected KVM API version")
@@ -250,7 +284,7 @@ class KvmGuest:
             symtab = elf.get_section_by_name(".symtab")
             if symtab is not None:
                 for sym in symtab.get_symbol_by_name("tl_quirks") or []:
-                    self.mem[sym["st_value"]:sym["st_value"] + 8] = struct.pack("<Q", quirks())
+                    self.mem[sym["st_value"]:sym["st_value"] + 8] = struct.pack("<Q", self.quirk_mask)
             return elf["e_entry"]
 
     def _boot_area(self) -> None:
@@ -508,6 +542,7 @@ def kvm_usable() -> str | None:
 
 
 def run_guest(path: str, vcpus: int = 1, timeout: float = 20.0) -> Result:
+    """Run a test guest with the quirks the probe found on this host in its tl_quirks."""
     g = KvmGuest(path, vcpus)
     try:
         return g.run(timeout)
@@ -521,7 +556,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=20.0, help="wall-clock seconds")
     args = ap.parse_args(argv)
-    res = run_guest(args.image, args.vcpus, args.timeout)
+    why = kvm_usable()
+    if why:
+        print(f"kvmrun: no KVM here ({why})", file=sys.stderr)
+        return 8
+    try:
+        q = probe_quirks()
+        print(f"KVM quirks here: {q.describe()}")
+        for line in q.seen:
+            print(f"  {line}")
+        res = run_guest(args.image, args.vcpus, args.timeout)
+    except (OSError, ELFError) as e:
+        print(f"kvmrun: {e}", file=sys.stderr)
+        return 8
     for i, c in enumerate(res.consoles):
         for line in c.decode("utf-8", "replace").splitlines():
             print(f"[vCPU {i}] {line}")
