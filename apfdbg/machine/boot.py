@@ -45,8 +45,21 @@ def tss_descriptor(base: int, limit: int = TSS_SIZE - 1) -> tuple[int, int]:
     return low, base >> 32
 
 
+BOOT_AREA_END = 0x100000
+"""The first MiB is the boot area (docs/guest-abi.md); only its structures below are in use."""
+
+
+def boot_structures(vcpus: int) -> list[tuple[str, int, int]]:
+    """(name, start, end) of every structure write_boot_area puts in the boot area for `vcpus`:
+    an image may load anywhere else below 1 MiB."""
+    out = [("the GDT", GDT_BASE, GDT_BASE + gdt_limit(vcpus) + 1)]
+    out += [(f"the TSS of vCPU {i}", tss_base(i), tss_base(i) + TSS_SIZE) for i in range(vcpus)]
+    out += [(f"the boot stack of vCPU {i}", stack_top(i) - STACK_SIZE, stack_top(i)) for i in range(vcpus)]
+    return out
+
+
 def write_boot_area(ram: GuestRAM, vcpus: int) -> None:
-    ram.write(0, bytes(0x100000))
+    ram.write(0, bytes(BOOT_AREA_END))
     gdt = [0, DESC_KERNEL_CODE, DESC_KERNEL_DATA, DESC_USER_DATA, DESC_USER_CODE]
     for i in range(vcpus):
         gdt.extend(tss_descriptor(tss_base(i)))

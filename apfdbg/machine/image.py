@@ -13,8 +13,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-BOOT_AREA_END = 0x100000
-"""Images must load at or above 1 MiB: below is apfdbg's boot area (docs/guest-abi.md)."""
+from .boot import BOOT_AREA_END, boot_structures
 
 
 class ImageError(ValueError):
@@ -27,6 +26,13 @@ class Segment:
     data: bytes
     memsz: int
     executable: bool
+    #: False for a segment that holds no section (ld's read-only segment of the ELF and program
+    #: headers, just below the text since binutils 2.31): nothing in the program needs it loaded.
+    has_sections: bool = True
+
+    @property
+    def end(self) -> int:
+        return self.paddr + max(self.memsz, len(self.data))
 
 
 @dataclass(frozen=True)
@@ -77,19 +83,29 @@ class Image:
         sym, off = hit
         return f"{sym.name}+{off:#x}" if off else sym.name
 
-    def check_fits(self, ram_size: int) -> None:
+    def placed(self, ram_size: int, vcpus: int) -> list[Segment]:
+        """The segments to write into RAM, or ImageError if the image cannot run there. A segment
+        may use the boot area where no boot structure is (QEMU's loaders allow the same); one
+        that holds no section is left out where it would clash."""
+        structures = boot_structures(vcpus)
+        out = []
         for seg in self.segments:
-            end = seg.paddr + max(seg.memsz, len(seg.data))
-            if seg.paddr < BOOT_AREA_END:
+            if seg.end > ram_size:
                 raise ImageError(
-                    f"{self.path}: segment at {seg.paddr:#x} overlaps the boot area below 0x100000 "
-                    "(link the guest at 1 MiB or above, see docs/guest-abi.md)")
-            if end > ram_size:
-                raise ImageError(
-                    f"{self.path}: segment {seg.paddr:#x}-{end:#x} does not fit in "
+                    f"{self.path}: segment {seg.paddr:#x}-{seg.end:#x} does not fit in "
                     f"{ram_size // (1 << 20)} MiB of guest RAM (raise --ram)")
-        if not any(s.paddr <= self.entry < s.paddr + max(s.memsz, len(s.data)) for s in self.segments):
+            hit = next(((n, a, b) for n, a, b in structures if seg.paddr < b and a < seg.end), None)
+            if hit is None:
+                out.append(seg)
+            elif seg.has_sections:
+                name, a, b = hit
+                raise ImageError(
+                    f"{self.path}: segment {seg.paddr:#x}-{seg.end:#x} overlaps {name} "
+                    f"({a:#x}-{b:#x}) in the boot area (docs/guest-abi.md); link the guest elsewhere, "
+                    "e.g. at 1 MiB")
+        if not any(s.paddr <= self.entry < s.end for s in out):
             raise ImageError(f"{self.path}: entry point {self.entry:#x} is outside every loaded segment")
+        return out
 
 
 def load_image(path: str | Path, *, load_addr: int | None = None, entry: int | None = None) -> Image:
@@ -128,7 +144,8 @@ def _load_elf(name: str, blob: bytes) -> Image:
             if filesz > ph["p_memsz"]:
                 raise ImageError(f"{name}: segment file size exceeds its memory size")
             paddr = ph["p_paddr"] or ph["p_vaddr"]
-            segments.append(Segment(paddr, blob[off:off + filesz], ph["p_memsz"], bool(ph["p_flags"] & 1)))
+            segments.append(Segment(paddr, blob[off:off + filesz], ph["p_memsz"], bool(ph["p_flags"] & 1),
+                                    _holds_a_section(elf, ph)))
         if not segments:
             raise ImageError(f"{name}: no loadable (PT_LOAD) segment")
         symbols = _symbols(elf)
@@ -138,6 +155,16 @@ def _load_elf(name: str, blob: bytes) -> Image:
     except (ELFError, ValueError, KeyError, IndexError, OSError) as e:
         raise ImageError(f"{name}: malformed ELF: {e}") from None
     return Image(name, entry, segments, symbols, blob)
+
+
+def _holds_a_section(elf: ELFFile, ph) -> bool:
+    """Whether an allocated, non-empty section lies in the segment (by virtual address). An image
+    without section headers is taken to need every segment."""
+    if elf.num_sections() == 0:
+        return True
+    lo, hi = ph["p_vaddr"], ph["p_vaddr"] + ph["p_memsz"]
+    return any(sec["sh_flags"] & 2 and sec["sh_size"] and lo <= sec["sh_addr"] < hi
+               for sec in elf.iter_sections())
 
 
 def _symbols(elf: ELFFile) -> list[Symbol]:

@@ -59,7 +59,7 @@ class Machine:
     def __init__(self, image: Image, config: MachineConfig | None = None, host: Host | None = None,
                  seed: int = 0) -> None:
         self.config = config or MachineConfig()
-        image.check_fits(self.config.ram_size)
+        placed = image.placed(self.config.ram_size, self.config.vcpus)
         self.image = image
         self.entry = image.entry
         self.host: Host = host or NullHost()
@@ -70,7 +70,7 @@ class Machine:
         self.counts: dict[str, int] = {}
         self.ram = GuestRAM(self.config.ram_size)
         boot.write_boot_area(self.ram, self.config.vcpus)
-        for seg in image.segments:
+        for seg in placed:
             self.ram.write(seg.paddr, seg.data)
             if seg.memsz > len(seg.data):
                 self.ram.write(seg.paddr + len(seg.data), bytes(seg.memsz - len(seg.data)))
