@@ -76,6 +76,8 @@ class Machine:
                 self.ram.write(seg.paddr + len(seg.data), bytes(seg.memsz - len(seg.data)))
         self.vcpus = [VCpu(self, i) for i in range(self.config.vcpus)]
         self.exit_requested = False
+        #: while a vCPU hook runs (cpuid, in, out): the exact time of its instruction, for events
+        self.hook_time: int | None = None
         self.exit_status = 0
         self.exit_reason = ""
         self.tsc_offset = 0
@@ -107,7 +109,7 @@ class Machine:
 
     # --- events -----------------------------------------------------------------------------
     def emit(self, kind: str, vcpu: int | None, **fields) -> None:
-        self.emit_at(self.now, kind, vcpu, **fields)
+        self.emit_at(self.now if self.hook_time is None else self.hook_time, kind, vcpu, **fields)
 
     def emit_at(self, time: int, kind: str, vcpu: int | None, **fields) -> None:
         # model_construct: our own fields need no validation on this hot path; the trace tests

@@ -608,7 +608,12 @@ class VCpu:
     def _on_cpuid(self, uc, _ud) -> int:
         leaf = uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFFFFFF
         sub = uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFFFFFF
-        res = self.machine.cpuid(self, leaf, sub)
+        m = self.machine
+        m.hook_time = self.hook_now(uc)
+        try:
+            res = m.cpuid(self, leaf, sub)
+        finally:
+            m.hook_time = None
         if res is None:
             return 0
         for reg, val in zip((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX), res):
@@ -644,7 +649,12 @@ class VCpu:
         self._io_args = (port, size)
         if self._io_fault(uc):
             return 0
-        return self.machine.port_in(self, port, size)
+        m = self.machine
+        m.hook_time = self.hook_now(uc)
+        try:
+            return m.port_in(self, port, size)
+        finally:
+            m.hook_time = None
 
     def _on_out(self, uc, port, size, value, _ud) -> None:
         self._io_args = (port, size)
@@ -656,7 +666,18 @@ class VCpu:
             self._exit = ("debug-exit", value & ((1 << (8 * size)) - 1))
             uc.emu_stop()
         else:
-            self.machine.port_out(self, port, size, value)
+            m = self.machine
+            m.hook_time = self.hook_now(uc)
+            try:
+                m.port_out(self, port, size, value)
+            finally:
+                m.hook_time = None
+
+    def hook_now(self, uc) -> int:
+        """The exact virtual time of the instruction a hook runs for. Machine time moves only when a
+        turn settles, and where it settles depends on pauses (gdb's slices, the UI's ticks): an event
+        stamped with it would differ between a paused and an unpaused run."""
+        return self.machine.now + self._precise_retired(uc.reg_read(X.UC_X86_REG_RIP)) - self._turn_base
 
     def _console_byte(self, b: int) -> None:
         self.console.append(b)
@@ -666,9 +687,7 @@ class VCpu:
 
     def flush_console(self) -> None:
         if self._line:
-            rip = self.uc.reg_read(X.UC_X86_REG_RIP)
-            self.machine.emit_at(self.machine.now + self._precise_retired(rip) - self._turn_base,
-                                 "console", self.index, text=self._line.decode("utf-8", "replace"))
+            self.machine.emit_at(self.hook_now(self.uc), "console", self.index, text=self._line.decode("utf-8", "replace"))
             self._line.clear()
 
     def _block_miss(self, addr: int, size: int) -> int:

@@ -520,6 +520,18 @@ def test_stops_and_ctrl_c_on_the_apf_kernel_do_not_change_the_run(served):
     assert [(x.time, x.kind, x.vcpu) for x in e.log.events] == [(x.time, x.kind, x.vcpu) for x in plain.log.events]
 
 
+def test_slices_at_any_instant_do_not_change_any_event(served):
+    """Regression: cpuid, in/out and console events were stamped with the time of the last
+    settle, which moves with every preemption: under load, a debugged run's trace differed."""
+    plain = _small_apf_engine()
+    plain.run()
+    e = _small_apf_engine()
+    _srv, c = served(e, slice_seconds=0.00001)     # preempted every few hundred instructions
+    assert c.cmd("vCont;c") == b"W01"
+    assert [x.model_dump() for x in e.log.events] == [x.model_dump() for x in plain.log.events]
+    assert {x.kind for x in plain.log.events} >= {"cpuid", "console"}
+
+
 def test_a_second_gdb_is_refused_while_one_is_attached(served):
     srv, c = served(machine_engine("machine/hello"))
     assert c.cmd("?") == b"T05thread:1;"
