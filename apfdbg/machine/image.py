@@ -123,6 +123,9 @@ def load_image(path: str | Path, *, load_addr: int | None = None, entry: int | N
         raise ImageError(f"{p}: image is empty")
     base = BOOT_AREA_END if load_addr is None else load_addr
     ent = base if entry is None else entry
+    for what, v in (("load address", base), ("entry point", ent)):
+        if not 0 <= v < 1 << 64:  # a negative one would be a Python slice from the end of RAM
+            raise ImageError(f"{p}: {what} {v:#x} is not a guest physical address (0 .. 2**64-1)")
     return Image(str(p), ent, [Segment(base, blob, len(blob), True)])
 
 
@@ -133,6 +136,7 @@ def _load_elf(name: str, blob: bytes) -> Image:
             raise ImageError(f"{name}: not an x86-64 ELF64 image (class {elf.elfclass}, {elf['e_machine']})")
         if elf["e_type"] != "ET_EXEC":
             raise ImageError(f"{name}: ELF type {elf['e_type']}; apfdbg runs static executables (ET_EXEC)")
+        _check_table(name, "program header", elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"], 56, len(blob))
         segments = []
         for ph in elf.iter_segments():
             if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
@@ -155,6 +159,15 @@ def _load_elf(name: str, blob: bytes) -> Image:
     except (ELFError, ValueError, KeyError, IndexError, OSError) as e:
         raise ImageError(f"{name}: malformed ELF: {e}") from None
     return Image(name, entry, segments, symbols, blob)
+
+
+def _check_table(name: str, what: str, off: int, num: int, entsize: int, want: int, size: int) -> None:
+    """A header table must lie in the file (pyelftools would seek anywhere, even past ssize_t)."""
+    if num and entsize != want:
+        raise ImageError(f"{name}: malformed ELF: {what} entries of {entsize} bytes (ELF64 has {want})")
+    if off + num * entsize > size:
+        raise ImageError(f"{name}: malformed ELF: the {what} table at {off:#x} ({num} entries) is beyond "
+                         f"the end of the file ({size:#x} bytes)")
 
 
 def _holds_a_section(elf: ELFFile, ph) -> bool:
