@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def load_image(path: str | Path, *, load_addr: int | None = None, entry: int | N
 
 
 def _load_elf(name: str, blob: bytes) -> Image:
+    if len(blob) < 64:
+        raise ImageError(f"{name}: malformed ELF: truncated: an ELF64 header needs 64 bytes, the file has {len(blob)}")
     try:
         elf = ELFFile(io.BytesIO(blob))
         if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
@@ -137,6 +140,7 @@ def _load_elf(name: str, blob: bytes) -> Image:
         if elf["e_type"] != "ET_EXEC":
             raise ImageError(f"{name}: ELF type {elf['e_type']}; apfdbg runs static executables (ET_EXEC)")
         _check_table(name, "program header", elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"], 56, len(blob))
+        _check_sections(name, blob, elf)
         segments = []
         for ph in elf.iter_segments():
             if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
@@ -165,9 +169,30 @@ def _check_table(name: str, what: str, off: int, num: int, entsize: int, want: i
     """A header table must lie in the file (pyelftools would seek anywhere, even past ssize_t)."""
     if num and entsize != want:
         raise ImageError(f"{name}: malformed ELF: {what} entries of {entsize} bytes (ELF64 has {want})")
-    if off + num * entsize > size:
+    if num and off + num * entsize > size:
         raise ImageError(f"{name}: malformed ELF: the {what} table at {off:#x} ({num} entries) is beyond "
                          f"the end of the file ({size:#x} bytes)")
+
+
+def _check_sections(name: str, blob: bytes, elf: ELFFile) -> None:
+    """The section header table, and the contents of every section that has some, lie in the file."""
+    off, num = elf["e_shoff"], elf["e_shnum"]
+    if num == 0 and off:  # more than 0xff00 sections: section 0 holds the count
+        _check_table(name, "section header", off, 1, elf["e_shentsize"], 64, len(blob))
+        num = elf.num_sections()
+    _check_table(name, "section header", off, num, elf["e_shentsize"], 64, len(blob))
+    for i in range(num):
+        sh_type, = struct.unpack_from("<I", blob, off + 64 * i + 4)
+        sh_offset, sh_size = struct.unpack_from("<QQ", blob, off + 64 * i + 24)
+        if sh_type != 8 and sh_offset + sh_size > len(blob):  # 8: SHT_NOBITS (.bss) has no contents
+            raise ImageError(f"{name}: malformed ELF: section {i} at {sh_offset:#x} ({sh_size:#x} bytes) is "
+                             f"beyond the end of the file ({len(blob):#x} bytes)")
+    strndx = elf["e_shstrndx"]
+    if num and strndx != 0 and strndx != 0xFFFF:  # SHN_UNDEF, SHN_XINDEX
+        sh_type, = struct.unpack_from("<I", blob, off + 64 * strndx + 4) if strndx < num else (None,)
+        if sh_type != 3:  # SHT_STRTAB
+            raise ImageError(f"{name}: malformed ELF: the section name table (e_shstrndx {strndx}) is not a "
+                             f"string table section ({num} sections)")
 
 
 def _holds_a_section(elf: ELFFile, ph) -> bool:
