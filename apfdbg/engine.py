@@ -312,7 +312,11 @@ class Engine:
             g for g in sorted(set(parse_gfns(sc.pager.auto.frames))) if g < self.machine.ram.frames
         ) if sc.pager.auto else ()
         self._expect_counts: dict[int, int] = {}
-        for action in sc.actions:
+        n = len(self.machine.vcpus)
+        for i, action in enumerate(sc.actions):
+            if action.vcpu is not None and not 0 <= action.vcpu < n:  # known only now (--vcpus)
+                raise ScenarioError(f"actions[{i}].vcpu: there is no vCPU {action.vcpu}: the machine has "
+                                    f"{n} (0-{n - 1})")
             self._schedule(action, action.at)
         for i, ex in enumerate(sc.expect):
             if ex.by is not None:

@@ -19,24 +19,42 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: The most frames a gfn list may name: every frame of the largest guest RAM (MachineConfig.ram_mib).
+MAX_GFNS = 4096 * 256
+
+
 def parse_gfns(spec: str | int | list) -> list[int]:
-    """`0x200`, `0x200-0x20f` (inclusive), `[0x200, "0x300-0x301"]`."""
-    if isinstance(spec, int):
-        return [spec]
-    if isinstance(spec, list):
-        return [g for part in spec for g in parse_gfns(part)]
-    out = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\w+)\s*-\s*(\w+)", part)
-        if m:
-            lo, hi = int(m.group(1), 0), int(m.group(2), 0)
-            if hi < lo:
-                raise ValueError(f"range {part!r} ends before it starts")
-            out.extend(range(lo, hi + 1))
-        else:
-            out.append(int(part, 0))
+    """`0x200`, `0x200-0x20f` (inclusive), `[0x200, "0x300-0x301"]`; at most MAX_GFNS of them."""
+    out: list[int] = []
+    _add_gfns(spec, out)
     return out
+
+
+def _add_gfns(spec: str | int | list, out: list[int]) -> None:
+    if isinstance(spec, list):
+        for part in spec:
+            _add_gfns(part, out)
+    elif isinstance(spec, int):
+        _add_range(spec, spec, out)
+    else:
+        for part in str(spec).split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(\w+)\s*-\s*(\w+)", part)
+            if m:
+                lo, hi = int(m.group(1), 0), int(m.group(2), 0)
+                if hi < lo:
+                    raise ValueError(f"range {part!r} ends before it starts")
+                _add_range(lo, hi, out)
+            else:
+                _add_range(int(part, 0), int(part, 0), out)
+
+
+def _add_range(lo: int, hi: int, out: list[int]) -> None:
+    if lo < 0:
+        raise ValueError(f"gfn {lo:#x} is negative")
+    if len(out) + (hi - lo + 1) > MAX_GFNS:  # checked before the list is built
+        raise ValueError(f"more than {MAX_GFNS:,} frames (all of {MAX_GFNS // 256} MiB of guest RAM)")
+    out.extend(range(lo, hi + 1))
 
 
 class HostSection(_M):

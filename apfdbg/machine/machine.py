@@ -267,7 +267,7 @@ class Machine:
         return raw
 
     def page_in(self, gfn: int) -> None:
-        if self.ram.is_swapped(gfn):
+        if 0 <= gfn < self.ram.frames and self.ram.is_swapped(gfn):  # outside RAM: never out
             self.ram.set_swapped(gfn, False)
             self.emit("page_in", None, gfn=gfn)
         for cb in self._page_waiters.pop(gfn, []):

@@ -90,3 +90,49 @@ def test_section_name_table_not_a_string_table(guest, tmp_path, strndx):
     p.write_bytes(bytes(blob))
     with pytest.raises(ImageError, match=rf"the section name table \(e_shstrndx {strndx}\) is not a string table"):
         load_image(p)
+
+
+# ---- scenarios -------------------------------------------------------------------------------------
+def _scenario(tmp_path, text: str):
+    from apfdbg.scenario import load_scenario
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return load_scenario(p)
+
+
+@pytest.mark.parametrize("spec", ['"0-0xffffffffffff"', '"0x100-0xffffffff"', '["0-0x100000", "0x200000-0x300000"]'])
+def test_huge_gfn_range_is_refused(tmp_path, spec):
+    """fuzz scenario: pager.auto.frames = "0-0xffffffffffff" built a list of 2**48 gfns (MemoryError,
+    after eating the host's memory)."""
+    from apfdbg.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match=r"pager\.auto\.frames: .*more than 1,048,576 frames"):
+        _scenario(tmp_path, f"[pager.auto]\nframes = {spec}\nbudget = 1\n")
+
+
+@pytest.mark.parametrize("spec", ['"-1"', "-5", '["0x10", -1]'])
+def test_negative_gfn_is_refused(tmp_path, spec):
+    from apfdbg.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match=r"actions\[0\]: .*gfn -0x[15] is negative"):
+        _scenario(tmp_path, f'[[actions]]\nat = 0\ndo = "page_in"\ngfns = {spec}\n')
+
+
+def test_page_in_outside_ram_runs(tmp_path, guest):
+    """fuzz scenario: a page_in action of a gfn outside RAM raised IndexError out of the run (page_out
+    of the same gfn was ignored)."""
+    from apfdbg.engine import Engine
+    sc = _scenario(tmp_path, '[machine]\nvcpus = 1\nmax_insns = 20000\n'
+                   '[[actions]]\nat = 100\ndo = "page_in"\ngfns = "0x3fff-0x4001"\n'
+                   '[[actions]]\nat = 200\ndo = "page_out"\ngfns = 0x1000000\n')
+    eng = Engine(load_image(guest("machine/hello")), sc)
+    assert eng.run().reason
+
+
+@pytest.mark.parametrize("do", ["wake_all", "reset_vcpu", "complete_oldest", "page_out_working", "complete_all"])
+@pytest.mark.parametrize("vcpu", [-1, 2, 99])
+def test_action_on_an_unknown_vcpu(tmp_path, guest, do, vcpu):
+    """fuzz scenario: wake_all on vCPU -1 raised KeyError out of the run, at the action's time."""
+    from apfdbg.engine import Engine
+    from apfdbg.scenario import ScenarioError
+    text = f'[machine]\nvcpus = 2\n[[actions]]\nat = 100\ndo = "{do}"\nvcpu = {vcpu}\n'
+    with pytest.raises(ScenarioError, match=rf"actions\[0\]\.vcpu: .*{vcpu}"):
+        Engine(load_image(guest("machine/hello")), _scenario(tmp_path, text))
