@@ -146,6 +146,8 @@ def parse_point(text: str, image, nvcpus: int = 1, vcpu: int | None = None) -> P
         size = _int(rest[1], "size") if len(rest) > 1 else 8
         if not 1 <= size <= 1 << 20:
             raise PointError(f"size {size}: 1 byte to 1 MiB")
+        if addr + size > 1 << 64:
+            raise PointError(f"{label} + {size}: the range goes past the top of the address space")
         if cond:
             raise PointError("a watchpoint takes no condition (use a conditional breakpoint)")
         return PointSpec("watch", f"{access} {label}" + (f" [{size}]" if size != 8 else ""),

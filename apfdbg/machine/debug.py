@@ -165,7 +165,10 @@ class Debugger:
         for v in self.m.vcpus:
             if vcpu is None or v.index == vcpu:
                 hooks.append((v, v.uc.hook_add(UC_HOOK_CODE, v._on_breakpoint, bp, addr, addr)))
-                v.uc.ctl_remove_cache(addr, addr + 1)  # translated code picks the hook up
+                if addr < 2**64 - 1:  # translated code picks the hook up
+                    v.uc.ctl_remove_cache(addr, addr + 1)
+                else:                 # no range ends past 2**64
+                    v.uc.ctl_flush_tb()
         self._hooks[bp.id] = hooks
         return bp
 

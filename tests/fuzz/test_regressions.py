@@ -136,3 +136,22 @@ def test_action_on_an_unknown_vcpu(tmp_path, guest, do, vcpu):
     text = f'[machine]\nvcpus = 2\n[[actions]]\nat = 100\ndo = "{do}"\nvcpu = {vcpu}\n'
     with pytest.raises(ScenarioError, match=rf"actions\[0\]\.vcpu: .*{vcpu}"):
         Engine(load_image(guest("machine/hello")), _scenario(tmp_path, text))
+
+
+def test_breakpoint_at_the_top_of_the_address_space(tmp_path, guest):
+    """fuzz scenario: debug.points = ["*0xffffffffffffffff"] raised UcError(UC_ERR_ARG) out of
+    Engine(): the translation cache was cleared up to 2**64."""
+    from apfdbg.engine import Engine
+    sc = _scenario(tmp_path, '[machine]\nmax_insns = 20000\n[debug]\npoints = ["*0xffffffffffffffff"]\n')
+    eng = Engine(load_image(guest("machine/hello")), sc)
+    assert [b.addr for b in eng.debugger.breakpoints.values()] == [2**64 - 1]
+    assert eng.run().reason
+
+
+@pytest.mark.parametrize("text", ["watch 0xfffffffffffffff0 4096", "awatch 0xffffffffffffffff 8"])
+def test_watch_range_past_the_top_is_refused(guest, text):
+    """A watch range that wraps past 2**64 became a Unicorn hook with end < begin, which Unicorn
+    takes as every address."""
+    from apfdbg.points import PointError, parse_point
+    with pytest.raises(PointError, match="past the top of the address space"):
+        parse_point(text, load_image(guest("machine/hello")), 2)
