@@ -737,10 +737,7 @@ class GdbServer:
         except ProtocolError as e:
             log.info("bad packet %r: %s", payload[:60], e)
             return E_BADARG
-        except (ValueError, IndexError, KeyError) as e:
-            log.info("bad packet %r: %s", payload[:60], e)
-            return E_BADARG
-        except Exception:
+        except Exception:  # a bug, not the packet's fault: the parsers raise ProtocolError
             log.error("gdb stub: packet %r failed\n%s", payload[:60], traceback.format_exc())
             return E_INTERNAL
 
@@ -1015,6 +1012,8 @@ class GdbServer:
             if not action:
                 raise ProtocolError("empty vCont action")
             act, _, tid_text = action.partition(b":")
+            if not act:
+                raise ProtocolError(f"vCont action {action[:20]!r} without a command")
             kind = chr(act[0])
             if kind in "CS":
                 parse_hex_int(act[1:], "signal")

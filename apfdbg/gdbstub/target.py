@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 from unicorn import x86_const as X
 
+from .protocol import ProtocolError
+
 if TYPE_CHECKING:
     from ..machine.vcpu import VCpu
 
@@ -211,7 +213,7 @@ def write_register(v: "VCpu", n: int, raw: bytes) -> None:
     the value it has (so a ``G`` that changes other registers goes through)."""
     r = REGISTERS[n]
     if len(raw) != r.size:
-        raise ValueError(f"{r.name}: {len(raw)} bytes, expected {r.size}")
+        raise ProtocolError(f"{r.name}: {len(raw)} bytes, expected {r.size}")
     value = int.from_bytes(raw, "little")
     if r.write is None:
         if value != r.read(v) & ((1 << r.bits) - 1):
@@ -228,12 +230,12 @@ def write_all(v: "VCpu", raw: bytes) -> None:
     """``G``: every register, in order. Checked whole before anything is written. A block shorter
     than the full file (an older gdb sends only the registers it knows) writes a prefix."""
     if len(raw) > G_SIZE:
-        raise ValueError(f"register block of {len(raw)} bytes, expected at most {G_SIZE}")
+        raise ProtocolError(f"register block of {len(raw)} bytes, expected at most {G_SIZE}")
     parts, off = [], 0
     for i, r in enumerate(REGISTERS):
         if off + r.size > len(raw):
             if off != len(raw):
-                raise ValueError("register block ends inside a register")
+                raise ProtocolError("register block ends inside a register")
             break
         parts.append((i, raw[off:off + r.size]))
         off += r.size
