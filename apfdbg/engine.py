@@ -18,6 +18,7 @@ from .host.kvm import build_machine
 from .machine.image import Image
 from .machine.machine import Machine, RunResult
 from .machine.vcpu import RFLAGS_IF
+from .events import event_key
 from .scenario import ScenarioError, Action, EventMatch, Scenario, parse_gfns
 
 
@@ -145,14 +146,6 @@ EDITABLE_REGS = frozenset(("rax rbx rcx rdx rsi rdi rbp rsp r8 r9 r10 r11 r12 r1
 STEP_MODES = ("into", "over", "out", "line", "line_over")
 CODE_BEFORE = 192      # at most this many bytes of code before RIP (from the symbol's start)
 CODE_AFTER = 96
-
-
-def event_key(e) -> str:
-    """The kind a filter and the per-kind counters use: `inject` is split by vector (`inject:#PF`,
-    `inject:0x81`), every other event is its kind."""
-    if e.kind == "inject":
-        return _INJECT_KEYS.get(e.vector) or f"inject:{e.vector:#x}"
-    return e.kind
 
 
 class EventLog:
@@ -635,10 +628,10 @@ class Engine:
         self.command(go)
 
     def add_point(self, text: str, vcpu: int | None = None) -> None:
-        """Queue: a breakpoint, watchpoint or catchpoint in the syntax of apfdbg.points (`vcpu`: the
+        """Queue: a breakpoint, watchpoint or catchpoint in the syntax of apfdbg.debug.points (`vcpu`: the
         default when the text names none). The message says what was set, or what is wrong."""
         def go() -> None:
-            from .points import PointError, parse_point
+            from .debug.points import PointError, parse_point
             try:
                 spec = parse_point(text, self.image, len(self.machine.vcpus), vcpu)
             except PointError as e:
@@ -648,11 +641,11 @@ class Engine:
         self.command(go)
 
     def _set_point(self, spec) -> str:
-        from .points import set_point
+        from .debug.points import set_point
         return set_point(self.debugger, spec, self.image)
 
     def _initial_points(self, texts: list[str]) -> None:
-        from .points import PointError, parse_point
+        from .debug.points import PointError, parse_point
         for text in texts:
             try:
                 self._set_point(parse_point(text, self.image, len(self.machine.vcpus)))
@@ -733,8 +726,8 @@ class Engine:
 
     def _begin_task(self, vcpu: int, mode: str, addr: int | None) -> None:
         """Engine thread: make a stepping command the one in progress and set the engine running."""
-        from .debuginfo import line_table
-        from .stepping import Stepper
+        from .debug.debuginfo import line_table
+        from .debug.stepping import Stepper
         m = self.machine
         if m.exit_requested:
             self.message = self.stop_reason
@@ -765,7 +758,7 @@ class Engine:
 
     def _advance_task(self) -> None:
         """Engine thread: run the stepping command until it yields (a UI slice) or ends."""
-        from .stepping import Interrupted, StepError
+        from .debug.stepping import Interrupted, StepError
         m = self.machine
         self._in_step = True
         try:
@@ -1248,4 +1241,3 @@ from unicorn.x86_const import UC_X86_REG_MSR as _MSR_REG  # noqa: E402
 
 from .machine.faults import vector_name as _vector_name  # noqa: E402
 
-_INJECT_KEYS = {v: f"inject:{_vector_name(v)}" for v in range(32)}

@@ -7,12 +7,24 @@ from typing import Annotated, Union
 from pydantic import Field, TypeAdapter
 
 from .kvm.events import KVM_EVENT_TYPES
+from .machine.faults import vector_name
 from .machine.machine import MACHINE_EVENT_TYPES
 
 ALL_EVENT_TYPES = tuple({c.model_fields["kind"].default: c
                          for c in (*MACHINE_EVENT_TYPES, *KVM_EVENT_TYPES)}.values())
 TraceEvent = Annotated[Union[ALL_EVENT_TYPES], Field(discriminator="kind")]  # type: ignore[valid-type]
 trace_adapter: TypeAdapter = TypeAdapter(TraceEvent)
+
+
+_INJECT_KEYS = {v: f"inject:{vector_name(v)}" for v in range(32)}
+
+
+def event_key(e) -> str:
+    """The kind a filter and the per-kind counters use: `inject` is split by vector (`inject:#PF`,
+    `inject:0x81`), every other event is its kind."""
+    if e.kind == "inject":
+        return _INJECT_KEYS.get(e.vector) or f"inject:{e.vector:#x}"
+    return e.kind
 
 
 def event_kinds() -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .events import event_key
 from .host.pager import AutoPagerConfig, FixedLatency, Latency
 from .machine.config import MachineConfig
 
@@ -150,7 +151,6 @@ class EventMatch(_M):
         if e.kind not in kinds:
             if e.kind != "inject" or not any(k.startswith("inject:") for k in kinds):
                 return False
-            from .engine import event_key
             if event_key(e) not in kinds:
                 return False
         if self.vcpu is not None and e.vcpu != self.vcpu:

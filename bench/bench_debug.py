@@ -16,7 +16,7 @@ import time
 
 import common as C
 
-from apfdbg.debuginfo import line_table
+from apfdbg.debug.debuginfo import line_table
 from apfdbg.engine import Engine
 from apfdbg.machine.debug import Debugger
 from apfdbg.machine.image import load_image
@@ -67,7 +67,7 @@ def stepping_ms() -> dict[str, float]:
             e.remove_point(1)
             line_table(e.image)  # DWARF is parsed once per image (~0.1 s); not a step's cost
             if mode == "over":  # to the first call of trap_dispatch
-                from apfdbg.stepping import insn_at, kind_of
+                from apfdbg.debug.stepping import insn_at, kind_of
                 while kind_of(insn_at(e.machine.vcpus[v])[1]) != "call":
                     e.step(v, "into")
             t0 = time.perf_counter()

@@ -1138,7 +1138,7 @@ class GdbServer:
                 lines += [f"[vcpu{v.index}] {line}\n" for line in tail]
             text = "".join(lines) or "(no console output yet)\n"
         elif words[0] in ("catch", "break", "watch", "rwatch", "awatch"):
-            from ..points import PointError, parse_point, set_point
+            from ..debug.points import PointError, parse_point, set_point
             try:
                 spec = parse_point(cmd.strip(), m.image, len(m.vcpus))
                 text = set_point(self.debugger, spec, m.image) + "\n"
@@ -1146,7 +1146,7 @@ class GdbServer:
             except PointError as e:
                 text = f"not set: {e}\n"
         elif words[0] == "points":
-            from ..points import describe_points
+            from ..debug.points import describe_points
             mine = set(self.point_kinds)
             rows = [r for r in describe_points(self.debugger, m.image) if int(r.split()[0]) not in mine]
             text = "".join(r + "\n" for r in rows) or "no apfdbg points (gdb's: info breakpoints)\n"

@@ -17,7 +17,9 @@ from .image import Image, ImageError
 from .ram import GuestRAM
 from .timeline import Timeline
 from .vcpu import State, VCpu
-from .apic import ApicFault
+from .devices import DeviceFault
+from .devices.debug_exit import DebugExit
+from .devices.debugcon import DebugConsole
 
 MSR_TSC, MSR_EFER = 0x10, 0xC0000080
 EFER_VALID = 0x1 | 0x100 | 0x400 | 0x800 | 0x4000
@@ -69,6 +71,8 @@ class Machine:
         self.sinks: list[Callable[[ev.Event], None]] = []
         self.counts: dict[str, int] = {}
         self.ram = GuestRAM(self.config.ram_size)
+        #: port -> the device that claims it (devices/); other ports read all ones
+        self.port_devices = {p: d for d in (DebugConsole(), DebugExit()) for p in d.ports}
         boot.write_boot_area(self.ram, self.config.vcpus)
         for seg in placed:
             self.ram.write(seg.paddr, seg.data)
@@ -179,11 +183,12 @@ class Machine:
         value, handler, reason = None, "none", "unknown MSR (KVM without ignore_msrs: #GP)"
         if index in self.host.msr_ids():
             return self.host.rdmsr(vcpu, index)  # the host reports its own msr_read event
-        if vcpu.apic.owns(index):
-            handler = "apic"
+        dev = next((d for d in vcpu.msr_devices if d.owns(index)), None)
+        if dev is not None:
+            handler = dev.name
             try:
-                value, reason = vcpu.apic.rdmsr(index), ""
-            except ApicFault as e:
+                value, reason = dev.rdmsr(index), ""
+            except DeviceFault as e:
                 reason = str(e)
         elif index == MSR_TSC:
             value, handler, reason = self.tsc(), "arch", ""
@@ -197,12 +202,13 @@ class Machine:
         ok, handler, reason = False, "none", "unknown MSR (KVM without ignore_msrs: #GP)"
         if index in self.host.msr_ids():
             return self.host.wrmsr(vcpu, index, value)  # the host reports its own msr_write event
-        if vcpu.apic.owns(index):
-            handler = "apic"
+        dev = next((d for d in vcpu.msr_devices if d.owns(index)), None)
+        if dev is not None:
+            handler = dev.name
             try:
-                vcpu.apic.wrmsr(index, value)
+                dev.wrmsr(index, value)
                 ok, reason = True, ""
-            except ApicFault as e:
+            except DeviceFault as e:
                 reason = str(e)
         elif index == MSR_TSC:
             self.tsc_offset = value - self.now
@@ -221,12 +227,17 @@ class Machine:
         return ok
 
     def port_in(self, vcpu: VCpu, port: int, size: int) -> int:
-        value = (1 << (8 * size)) - 1
+        dev = self.port_devices.get(port)
+        value = (1 << (8 * size)) - 1 if dev is None else dev.port_in(vcpu, port, size)
         self.emit("io", vcpu.index, port=port, size=size, value=value, direction="in")
         return value
 
     def port_out(self, vcpu: VCpu, port: int, size: int, value: int) -> None:
-        self.emit("io", vcpu.index, port=port, size=size, value=value, direction="out")
+        dev = self.port_devices.get(port)
+        if dev is None:
+            self.emit("io", vcpu.index, port=port, size=size, value=value, direction="out")
+        else:
+            dev.port_out(vcpu, port, size, value)
 
     def send_ipi(self, source: int, shorthand: int, dest: int, vector: int) -> None:
         """x2APIC ICR write: fixed delivery to one APIC id, self, all, or all but self."""

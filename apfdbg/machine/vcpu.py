@@ -17,7 +17,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from . import boot, ucstate
 from .accel import VcpuAccel
-from .apic import X2Apic
+from .devices.apic import X2Apic
 from .delivery import Delivered, combine, deliver
 from .faultaddr import fault_address
 from .faults import (ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_PF, EXC_UD, AccessFault, BadPhysical,
@@ -58,6 +58,7 @@ class VCpu:
                                       machine.ram.frame_state_ptr, self._block_miss)
         self.accel.state.frame_access = machine.ram.frame_access_ptr
         self.apic = X2Apic(index, machine.timeline, machine, self._interrupt_arrived)
+        self.msr_devices = (self.apic,)   # the devices reached through this vCPU's MSRs
         self.state = State.RUNNING
         self.pending: PendingEvent | None = None
         self.stall_gfn: int | None = None
@@ -660,18 +661,12 @@ class VCpu:
         self._io_args = (port, size)
         if self._io_fault(uc):
             return
-        if port == 0xE9:
-            self._console_byte(value & 0xFF)
-        elif port == 0xF4:
-            self._exit = ("debug-exit", value & ((1 << (8 * size)) - 1))
-            uc.emu_stop()
-        else:
-            m = self.machine
-            m.hook_time = self.hook_now(uc)
-            try:
-                m.port_out(self, port, size, value)
-            finally:
-                m.hook_time = None
+        m = self.machine
+        m.hook_time = self.hook_now(uc)
+        try:
+            m.port_out(self, port, size, value)
+        finally:
+            m.hook_time = None
 
     def hook_now(self, uc) -> int:
         """The exact virtual time of the instruction a hook runs for. Machine time moves only when a
@@ -679,7 +674,12 @@ class VCpu:
         stamped with it would differ between a paused and an unpaused run."""
         return self.machine.now + self._precise_retired(uc.reg_read(X.UC_X86_REG_RIP)) - self._turn_base
 
-    def _console_byte(self, b: int) -> None:
+    def stop_with(self, exit_: tuple) -> None:
+        """A device ends this vCPU's turn right after the instruction (handled in `_after_run`)."""
+        self._exit = exit_
+        self.uc.emu_stop()
+
+    def console_byte(self, b: int) -> None:
         self.console.append(b)
         self._line.append(b)
         if b == 0x0A or len(self._line) >= 256:

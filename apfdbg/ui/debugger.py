@@ -137,7 +137,7 @@ class DebugActions:
                          done)
 
     def _check_point(self, text: str) -> str:
-        from ..points import PointError, parse_point
+        from ..debug.points import PointError, parse_point
         try:
             parse_point(text, self.engine.image, len(self.snap.vcpus) if self.snap else 1)
         except PointError as e:

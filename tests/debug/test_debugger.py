@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from apfdbg.debuginfo import line_table
+from apfdbg.debug.debuginfo import line_table
 from apfdbg.engine import Engine
 from apfdbg.machine.image import load_image
 from apfdbg.scenario import load_scenario
-from apfdbg.stepping import insn_at, kind_of
+from apfdbg.debug.stepping import insn_at, kind_of
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = REPO / "tests" / "gdb" / "apf_small.toml"

@@ -517,7 +517,7 @@ def stopped_vcpu(eng) -> int:
 
 
 def line_of(eng, rip: int):
-    from apfdbg.debuginfo import line_table
+    from apfdbg.debug.debuginfo import line_table
     return line_table(eng.image).where(rip)
 
 

@@ -6,7 +6,7 @@ import bisect
 import io
 from pathlib import Path
 
-from ...debuginfo import LineTable, line_table  # noqa: F401  (re-exported)
+from ...debug.debuginfo import LineTable, line_table  # noqa: F401  (re-exported)
 from ..base import Panel, Row, ViewCtx
 
 REPO = Path(__file__).resolve().parents[3]

@@ -1,4 +1,4 @@
-"""Breakpoints: every breakpoint, watchpoint and catchpoint (apfdbg.points syntax), one row each: id,
+"""Breakpoints: every breakpoint, watchpoint and catchpoint (apfdbg.debug.points syntax), one row each: id,
 kind, what, vCPU, hits, condition; the one the run stopped at marked, hit counts that grew since the
 previous pause highlighted.  B adds one, Delete removes the selected one."""
 from __future__ import annotations

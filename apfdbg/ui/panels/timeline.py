@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from ...engine import event_key
+from ...events import event_key
 from ..base import Panel, Row, ViewCtx
 from ..fmt import event_summary
 

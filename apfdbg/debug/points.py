@@ -16,9 +16,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..machine.debug import ConditionError, compile_expr
+from ..scenario import EventMatch
 from .debuginfo import line_table
-from .machine.debug import ConditionError, compile_expr
-from .scenario import EventMatch
 
 
 class PointError(ValueError):
@@ -246,7 +246,7 @@ def _catch(words: list[str], vcpu: int | None) -> PointSpec:
         if not rest:
             raise PointError("catch event KIND [field=value ...]: e.g. 'catch event wakeup_all'")
         kind = rest.pop(0)
-        from .events import event_kinds
+        from ..events import event_kinds
         if kind not in event_kinds() and not kind.startswith("inject:"):
             raise PointError(f"no event kind {kind!r} (docs/trace.md lists them)")
         where = _filters(rest)

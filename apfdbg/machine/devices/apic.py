@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from .timeline import Timeline, Timer
+from ..timeline import Timeline, Timer
+from .base import DeviceFault, MsrDevice
 
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 MSR_APIC_BASE = 0x1B
@@ -23,11 +24,13 @@ class ApicBus(Protocol):
     def send_ipi(self, source: int, shorthand: int, dest: int, vector: int) -> None: ...
 
 
-class ApicFault(Exception):
-    """The access raises #GP(0) in the guest."""
+ApicFault = DeviceFault
+"""An APIC access that raises #GP(0) in the guest."""
 
 
-class X2Apic:
+class X2Apic(MsrDevice):
+    name = "apic"          # the `handler` of its msr_read/msr_write events
+
     def __init__(self, apic_id: int, timeline: Timeline, bus: ApicBus,
                  on_interrupt: Callable[[], None] = lambda: None) -> None:
         self.id = apic_id
@@ -115,8 +118,7 @@ class X2Apic:
             self._timer = self.timeline.schedule(self.timer_start + self.tmict * self.divisor, self._expire)
 
     # --- MSR interface ----------------------------------------------------------------------
-    @staticmethod
-    def owns(index: int) -> bool:
+    def owns(self, index: int) -> bool:
         return index == MSR_APIC_BASE or X2APIC_FIRST <= index <= X2APIC_LAST
 
     def rdmsr(self, index: int) -> int:
