@@ -6,7 +6,7 @@ import bisect
 import io
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]   # the checkout (guest sources for the Code panel)
 
 
 class LineTable:
