@@ -7,7 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field, TypeAdapter
 
 from .kvm.events import KVM_EVENT_TYPES
-from .machine.faults import vector_name
+from .machine.faults import vector_name  # noqa: F401  (re-exported for the UI)
 from .machine.machine import MACHINE_EVENT_TYPES
 
 ALL_EVENT_TYPES = tuple({c.model_fields["kind"].default: c

@@ -261,7 +261,7 @@ def _wake(e, snap, who):
 
 
 def _inject(e, snap, who):
-    from ..machine.faults import vector_name
+    from ..events import vector_name
     if e.vector == 14 and e.source == "host":
         tok = e.cr2
         if tok == 0xFFFFFFFF:

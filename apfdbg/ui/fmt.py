@@ -122,7 +122,7 @@ def event_summary(e) -> str:
         return (f"{e.reason}: {len(e.cancelled)} cancelled, {len(e.dropped_done)} done dropped, "
                 f"queued was {e.queued_before}")
     if k == "inject":
-        from ..machine.faults import vector_name
+        from ..events import vector_name
         cr2 = f" cr2 {e.cr2:#x}" if e.cr2 is not None else ""
         ec = f" ec {e.error_code:#x}" if e.error_code is not None else ""
         return f"{vector_name(e.vector) if e.vector < 32 else hex(e.vector)} {e.source}{cr2}{ec} rip {e.rip:#x}"
