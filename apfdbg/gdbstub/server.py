@@ -14,7 +14,7 @@ With the TUI (an Engine in external mode, ``Engine.drive_externally``) the servi
 the engine's thread: between slices and packets it runs the TUI's queued commands and publishes
 snapshots (``Engine.service``), and tells the engine why the machine stopped (``external_state``).
 
-This module is the session loop and the packet dispatch; the session state lives on GdbServer.
+This module is the session loop and the packet dispatch (one concern, a little over 400 lines); the session state lives on GdbServer.
 The packet families are in their own modules: ``connection`` (socket, framing, the preempter),
 ``queries`` (q packets, features, monitor commands), ``memregs`` (registers, memory, Z/z points),
 ``runctl`` (continue, step, vCont, kill, stop replies); ``protocol`` and ``target`` as before.

@@ -8,6 +8,9 @@ to the host pager through a :class:`PageInRequester`, reads virtual time from a
 
 The kernel function each step follows is named in the docstrings; docs/kvm-model.md has
 the whole account.
+
+Long by design: one concern, the per-vCPU async-PF state machine of KVM, kept in one place so it
+reads next to the kernel's x86.c and async_pf.c.
 """
 
 from __future__ import annotations

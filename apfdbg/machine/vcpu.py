@@ -3,6 +3,9 @@
 The engine runs free between exits; the only per-block work is the C block hook that counts
 retired instructions (accel). Everything Unicorn does not do for a hypervisor (MSRs, CPL changes,
 IDT delivery, SYSCALL, host paging) is done here on the way out of `emu_start`.
+
+Long by design: one concern, the exit loop of one vCPU, whose cases share the engine's
+mid-block state (retired count, turn base, pending event); splitting it would spread that state.
 """
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ Layering: the app reads only `Engine.latest` (immutable snapshots) and calls the
 methods (`command(Action(...))`, `pause`, `resume`, `step_events`, `run_until`, `step_instruction`,
 `set_speed`).  It never touches the machine.  It redraws from the latest snapshot at a bounded rate
 (REFRESH_HZ) and only when the snapshot changed.
+
+Long: the app and its key actions (one method per binding in ui/bindings.py); the debugger's
+actions are already in ui/debugger.py, the panels in ui/panels/.
 """
 from __future__ import annotations
 
