@@ -152,6 +152,6 @@ def test_breakpoint_at_the_top_of_the_address_space(tmp_path, guest):
 def test_watch_range_past_the_top_is_refused(guest, text):
     """A watch range that wraps past 2**64 became a Unicorn hook with end < begin, which Unicorn
     takes as every address."""
-    from apfdbg.points import PointError, parse_point
+    from apfdbg.debug.points import PointError, parse_point
     with pytest.raises(PointError, match="past the top of the address space"):
         parse_point(text, load_image(guest("machine/hello")), 2)
