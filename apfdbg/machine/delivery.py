@@ -12,6 +12,7 @@ from typing import Protocol
 
 from .faults import (CONTRIBUTORY, ERROR_CODE_VECTORS, EXC_DF, EXC_GP, EXC_NP, EXC_PF, EXC_SS,
                      EXC_TS, AccessFault, GuestPageFault, NonCanonical, PendingEvent)
+from .ucstate import KEEP_SS
 
 RF_TF, RF_IF, RF_NT, RF_RF, RF_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
 FAULT_CLASS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20})
@@ -131,8 +132,8 @@ def _deliver(cpu: CpuView, ev: PendingEvent) -> Delivered:
             raise _Fault(EXC_SS, ext)  # SDM: a non-canonical stack from the TSS is #SS(0) at once
     if cpl_changes:
         new_ss = new_cpl  # the null selector with RPL = new CPL
-    elif ss & ~3:
-        ss_desc = _descriptor(cpu, tables["gdt"], ss, ext)
+    else:
+        ss_desc = KEEP_SS  # same privilege: the CPU leaves SS (and its cache) alone
     rsp &= ~0xF
     # A CPU (and KVM when it injects one) sets RF in the frame of a fault-class exception.
     pushed_flags = rflags & ~RF_RF

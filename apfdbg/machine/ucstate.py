@@ -34,7 +34,7 @@ from unicorn import (
 from unicorn import x86_const as x86
 
 __all__ = [
-    "UcStateError", "Layout", "layout", "cpl", "load_code_and_stack", "pending_error_code",
+    "UcStateError", "Layout", "layout", "cpl", "KEEP_SS", "load_code_and_stack", "pending_error_code",
     "exception_is_software", "reset_exception_state", "interrupt_shadow", "set_interrupt_shadow",
 ]
 
@@ -337,17 +337,30 @@ def _seg_cache(desc: int) -> tuple[int, int, int]:
     return base, limit, e2
 
 
+#: load_code_and_stack's ss_descriptor for "SS stays as it is" (an interrupt at the same privilege)
+KEEP_SS = "keep"
+
+
 def load_code_and_stack(uc: Uc, cs_selector: int, cs_descriptor: int,
-                        ss_selector: int, ss_descriptor: int | None) -> None:
+                        ss_selector: int, ss_descriptor: int | str | None) -> None:
     """Load CS and SS (selector + hidden cache) and the CPL the way the CPU does.
 
     Descriptors are the raw 8-byte GDT entries. ``ss_descriptor=None`` loads a null SS whose RPL
     becomes the new CPL (64-bit interrupt to an inner level; QEMU's do_interrupt64 gives it flags
-    DPL=RPL, base 0, limit 0). Otherwise CPL = SS.DPL, as QEMU derives it. ValueError for
+    DPL=RPL, base 0, limit 0). ``KEEP_SS`` keeps SS and its hidden cache as they are: a CPU does not
+    reload SS for an interrupt at the same privilege, so a GDT entry changed since SS was loaded
+    does not matter. Otherwise CPL = SS.DPL, as QEMU derives it. ValueError for
     combinations the CPU would refuse with #GP/#SS/#NP (the caller must deliver those itself).
     """
     cs_base, cs_limit, cs_flags = _seg_cache(cs_descriptor)
-    if ss_descriptor is None:
+    if ss_descriptor == KEEP_SS:
+        lay, _, mv = _saved(uc)
+        off = lay.seg(R_SS)
+        ss_selector = struct.unpack_from("<I", mv, off + _SEG_SEL)[0]
+        ss_base = struct.unpack_from("<Q", mv, off + _SEG_BASE)[0]
+        ss_limit, ss_flags = struct.unpack_from("<II", mv, off + _SEG_LIMIT)
+        new_cpl = _u32(mv, lay.hflags) & HF_CPL_MASK
+    elif ss_descriptor is None:
         if ss_selector & 0xFFFC:
             raise ValueError(f"SS {ss_selector:#x} is not a null selector but has no descriptor")
         new_cpl = ss_selector & 3

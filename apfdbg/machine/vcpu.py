@@ -67,6 +67,7 @@ class VCpu:
         self.stall_gfn: int | None = None
         self.console = bytearray()
         self._line = bytearray()
+        self._line_time = 0
         self._exit: tuple | None = None
         self._hooked_sites: set[int] = set()
         self._want_sites: list[tuple[int, str]] = []
@@ -683,14 +684,17 @@ class VCpu:
         self.uc.emu_stop()
 
     def console_byte(self, b: int) -> None:
+        """From the port hook: the line's time is that of its last byte (flush_console may run
+        later, outside any turn, where hook_now means nothing)."""
         self.console.append(b)
         self._line.append(b)
+        self._line_time = self.hook_now(self.uc)
         if b == 0x0A or len(self._line) >= 256:
             self.flush_console()
 
     def flush_console(self) -> None:
         if self._line:
-            self.machine.emit_at(self.hook_now(self.uc), "console", self.index, text=self._line.decode("utf-8", "replace"))
+            self.machine.emit_at(self._line_time, "console", self.index, text=self._line.decode("utf-8", "replace"))
             self._line.clear()
 
     def _block_miss(self, addr: int, size: int) -> int:

@@ -25,7 +25,7 @@ from textual.widgets import Footer, Static
 
 from ..engine import Engine, Snapshot
 from ..scenario import Action, EventMatch, TourStep
-from . import bindings
+from . import bindings, textual_fixes
 from .base import Panel, ViewCtx
 from .debugger import DebugActions
 from .fmt import APF_BREAK_KINDS, APF_KINDS, num
@@ -35,6 +35,8 @@ from .panels import (HIDDEN_BY_DEFAULT, CodePanel, ConsolePanel, ExplainPanel, G
                      WorksPanel)
 from .screens import FilterScreen, HelpScreen, PanelsScreen
 from .themes import DEFAULT_THEME, ThemeError, bundled_themes, load_theme_file
+
+textual_fixes.install()
 
 REFRESH_HZ = 20
 #: while the guest free-runs at full speed, redraw at most this often (the UI shares the interpreter
@@ -188,6 +190,10 @@ class ApfApp(DebugActions, App):
 
     def panel(self, pid: str) -> Panel:
         return self.query_one(f"#{pid}", Panel)
+
+    async def _on_key(self, event) -> None:
+        if not self.get_screen_stack():   # a key still queued while the app closes: nothing to do it in
+            event.prevent_default()
 
     def on_mount(self) -> None:
         eng = self.engine

@@ -212,9 +212,11 @@ class Panel(Widget, can_focus=True):
         self._batched = False
         if not self._dirty:
             return
+        if self.ctx is None:   # hidden, its old view dropped (app._push): paint it all once it has one
+            self._full = True
+            return
         self._dirty = False
-        if self.ctx is not None:
-            self._update_subtitle()
+        self._update_subtitle()
         sig = self._signature()
         old = self._painted
         self._painted = sig

@@ -13,7 +13,10 @@
  *  - `int $0x80` through a DPL 3 gate and `int $0x81` through a DPL 0 gate (CPL 0 may use both);
  *  - #NP(0x82 * 8 + 2) for `int $0x82` through a not-present gate (IDT bit set, EXT clear);
  *  - interrupt gate vs trap gate: with IF = 1, the handler runs with IF = 0 behind an interrupt
- *    gate and with IF = 1 behind a trap gate; iretq restores IF = 1 either way.
+ *    gate and with IF = 1 behind a trap gate; iretq restores IF = 1 either way;
+ *  - an interrupt at the same privilege through a gate naming another code segment loads CS but
+ *    not SS: it is delivered while SS's GDT entry is not present (found by the fuzzer: apfdbg
+ *    re-read that entry and failed).
  */
     .include "testlib.inc"
 
@@ -165,6 +168,46 @@ int82:
     FAIL 0x76
 2:
     ASSERT_EQ %gs:PC_COUNT, $14, 0x7d   /* nothing else was delivered */
+
+    /* --- same privilege, another code segment: CS is loaded, SS is not, so SS's GDT entry may
+     * be anything (a copy of the boot GDT with a second kernel code segment, SS's entry zeroed) */
+    sgdt gdtr_buf(%rip)
+    movzwl gdtr_buf(%rip), %ecx
+    incl %ecx                           /* bytes in the boot GDT */
+    movq gdtr_buf+2(%rip), %rsi
+    leaq my_gdt(%rip), %rdi
+    rep movsb                           /* RDI: just past the copy, the new entry */
+    movq my_gdt+KERNEL_CS(%rip), %rax
+    movq %rax, (%rdi)
+    leaq my_gdt(%rip), %rax
+    subq %rax, %rdi
+    movq %rdi, %r14                     /* the second code segment's selector */
+    leal 7(%r14), %eax
+    movw %ax, my_gdtr(%rip)
+    leaq my_gdt(%rip), %rax
+    movq %rax, my_gdtr+2(%rip)
+    lgdt my_gdtr(%rip)
+    sidt idtr_buf(%rip)
+    movq idtr_buf+2(%rip), %rax
+    movw %r14w, 0x83*16+2(%rax)         /* int $0x83: its handler runs in that segment */
+    movq my_gdt+KERNEL_DS(%rip), %r12
+    movq $0, my_gdt+KERNEL_DS(%rip)     /* SS's descriptor: not present */
+    movq %rsp, %r13
+    EXPECT_JMP ss_int_after, %r13       /* the handler drops its frame: no iretq (it loads SS) */
+    int $0x83
+ss_int_after:
+    movq %r12, my_gdt+KERNEL_DS(%rip)
+    pushq $KERNEL_CS                    /* back to the boot code segment and GDT */
+    leaq 5f(%rip), %rax
+    pushq %rax
+    lretq
+5:  lgdt gdtr_buf(%rip)
+    movq idtr_buf+2(%rip), %rax
+    movw $KERNEL_CS, 0x83*16+2(%rax)
+    CHECK_EXC 0x83, 0, ss_int_after, KERNEL_CS, 0x80
+    ASSERT_EQ %gs:PC_HCS, %r14, 0x85
+    ASSERT_EQ %gs:PC_SS, $KERNEL_DS, 0x86
+    ASSERT_EQ %gs:PC_HSS, $KERNEL_DS, 0x87
     cmpq $0, rf_bad(%rip)
     je 3f
     PUTS "wrong RFLAGS.RF in the frame of vector "
@@ -203,6 +246,15 @@ check_frame:
     ret
 
     .section .data
+gdtr_buf:
+    .zero 10
+idtr_buf:
+    .zero 10
+my_gdtr:
+    .zero 10
+    .balign 8
+my_gdt:
+    .zero 4096
 saved_rsp:
     .quad 0
 rf_bad:

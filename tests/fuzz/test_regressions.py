@@ -155,3 +155,24 @@ def test_watch_range_past_the_top_is_refused(guest, text):
     from apfdbg.debug.points import PointError, parse_point
     with pytest.raises(PointError, match="past the top of the address space"):
         parse_point(text, load_image(guest("machine/hello")), 2)
+
+
+def test_an_unfinished_console_line_keeps_the_time_it_was_written(tmp_path):
+    """fuzz guest:2455, 5995: a console line without its newline is flushed when the run ends,
+    outside any turn, and was stamped with a time computed for a turn: -1 (the text trace's line
+    did not parse). It now carries the time of its last byte."""
+    from apfdbg.trace import TraceWriter
+    import io
+    p = tmp_path / "flat.bin"
+    # mov al,'x'; out 0xe9,al; mov rsi,-1; mov eax,[rsi]: not RAM, the run ends in the middle of a turn
+    p.write_bytes(bytes.fromhex("b078 e6e9 48c7c6ffffffff 8b06"))
+    m = Machine(load_image(p, load_addr=0x100000), MachineConfig(vcpus=1))
+    out = io.StringIO()
+    m.sinks.append(TraceWriter(out, "text"))
+    events = []
+    m.sinks.append(events.append)
+    m.run()
+    console = [e for e in events if e.kind == "console"]
+    assert [e.text for e in console] == ["x"]
+    assert 0 < console[0].time <= events[-1].time
+    assert all(not line.lstrip().startswith("-") for line in out.getvalue().splitlines())

@@ -109,7 +109,7 @@ def check_cpuid(r: Run) -> None:
 def check_exceptions(r: Run) -> None:
     expected = [(0, None), (0, None), (UD, None), (3, None), (3, None), (GP, 0x28), (GP, 0xFF8),
                 (GP, 0x18), (0x80, None), (0x81, None), (NP, 0x82 * 8 + 2), (0x80, None),
-                (0x80, None), (0x80, None)]
+                (0x80, None), (0x80, None), (0x83, None)]
     assert [(e.vector, e.error_code) for e in r.injected()] == expected
 
 
