@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -177,6 +178,7 @@ def _tui(args) -> int:
         return EXIT_BAD_INPUT
     from .ui.app import ApfApp
     from .ui.themes import ThemeError
+    from .lifecycle import Ending, signals_call, terminal_gone
     trace_file = None
     if getattr(args, "trace", None):
         from .trace import TraceWriter
@@ -186,29 +188,34 @@ def _tui(args) -> int:
             print(f"apfdbg: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         engine.machine.sinks.insert(0, TraceWriter(trace_file, args.trace_format))
-    server = None
+    ending = Ending(engine, trace_file)
+    app = None
     try:
         options = dict(theme=args.theme, speed=_speed(args.speed), paused=True if args.paused else None)
         try:
             if listen is not None:
-                server = _gdb_server(engine, listen)
-                if server is None:
+                ending.server = _gdb_server(engine, listen)
+                if ending.server is None:
                     return EXIT_BAD_INPUT
                 from .gdbstub.tui import GdbApp
-                app = GdbApp(engine, server, **options)  # starts the stub on mount, stops it on unmount
+                app = GdbApp(engine, ending.server, **options)  # starts the stub on mount, stops it on unmount
             else:
                 app = ApfApp(engine, tour=scenario.tour if args.tour else None, **options)
         except ThemeError as e:
             print(f"apfdbg: --theme: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        app.run()
+
+        def on_signal(signum: int) -> None:
+            if signum == signal.SIGHUP and terminal_gone():
+                ending.hang_up(signum)
+            else:
+                app.stop_by_signal(signum)
+
+        with signals_call(on_signal):
+            app.run()
         return app.return_code or 0
     finally:
-        if server is not None:
-            server.stop()
-            server.close()
-        if trace_file:
-            trace_file.close()
+        ending.finish(app.signalled if app is not None else None)
 
 
 def serve_main(argv: list[str]) -> int:
@@ -254,7 +261,28 @@ def main(argv: list[str] | None = None) -> int:
     loaded = _load_or_report(args, None)
     if isinstance(loaded, int):
         return loaded
-    engine, _scenario = loaded
+    from .lifecycle import quiet_print, signal_name, signals_call
+    engine = loaded[0]
+    stopped: list[int] = []
+
+    def stop(signum: int) -> None:   # in a signal handler: only ask
+        stopped.append(signum)
+        engine.machine.request_stop(128 + signum, f"stopped by signal {signal_name(signum)}")
+        if server:
+            server[0].stop(0)
+
+    server: list = []
+    with signals_call(stop):
+        status = _headless(args, engine, listen, server)
+    if stopped:
+        name = signal_name(stopped[0])
+        quiet_print(f"apfdbg: stopped by signal {name} after {engine.machine.now:,} instructions")
+        return 128 + stopped[0]
+    return status
+
+
+def _headless(args, engine, listen, server: list) -> int:
+    """The headless run (or the gdb stub's, whose GdbServer goes into `server` for a stop signal)."""
     from .headless import run_headless
     from .trace import TraceWriter
     trace_file = None
@@ -265,15 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         if listen is not None:
             from .gdbstub.server import serve
             try:
-                return serve(engine, *listen)
+                status = serve(engine, *listen, started=server.append)
             except OSError as e:
                 print(f"apfdbg: --gdb: cannot listen on {listen[0]}:{listen[1]}: {e.strerror or e}",
                       file=sys.stderr)
                 return EXIT_BAD_INPUT
+            if engine.machine.stop_request is not None:   # a stop signal: say so in the trace
+                engine.machine.request_exit(*engine.machine.stop_request)
+                engine.machine.finish()
+            return status
         res = run_headless(engine.machine)
-    except KeyboardInterrupt:
-        print("apfdbg: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         return 141
     except OSError as e:

@@ -450,7 +450,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def serve(target: Any, host: str = "127.0.0.1", port: int = 1234, *, background: bool = False,
-          slice_seconds: float = 0.02, announce: Callable[[str], None] | None = None):
+          slice_seconds: float = 0.02, announce: Callable[[str], None] | None = None,
+          started: Callable[["GdbServer"], None] | None = None):
     """Serve the GDB remote protocol for `target` (an Engine or a Machine) on host:port.
 
     Blocking (default): returns when the run has ended and gdb has gone, with the run's exit status
@@ -459,7 +460,8 @@ def serve(target: Any, host: str = "127.0.0.1", port: int = 1234, *, background:
     belongs to the server's thread until the server ends.
 
     `announce` gets one-line status messages (listening, connected, detached, exited); the default
-    prints them to stderr with an ``apfdbg:`` prefix.
+    prints them to stderr with an ``apfdbg:`` prefix. `started` gets the server before it serves
+    (so a signal handler can stop it).
     """
     if announce is None:
         def announce(text: str) -> None:
@@ -468,6 +470,8 @@ def serve(target: Any, host: str = "127.0.0.1", port: int = 1234, *, background:
     h, p = server.address
     if not server.shared:  # shared with the TUI: the serving thread says it, in the status bar too
         announce(f"gdb stub listening on {h}:{p} (in gdb: target remote {h}:{p})")
+    if started is not None:
+        started(server)
     if background:
         server.start()
         return server

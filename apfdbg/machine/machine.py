@@ -96,6 +96,7 @@ class Machine:
         self._solo = False        # the current turn is the only runnable vCPU's
         self._woke_other = False  # ... and it just made another one runnable: end the turn
         self.pause_requested = False
+        self.stop_request: tuple[int, str] | None = None   # request_stop(): the host process ends
         self.debugger = None      # apfdbg.machine.debug.Debugger, once one is attached
         self.debug_stop = None    # why the last debug stop happened (DebugStop)
 
@@ -133,6 +134,12 @@ class Machine:
             self.exit_requested = True
             self.exit_status = status
             self.exit_reason = reason
+
+    def request_stop(self, status: int, reason: str) -> None:
+        """End the run soon with `status`, from any thread or a signal handler: a pause, then the
+        exit at the next turn boundary (run() returns; the trace's last event says why)."""
+        self.stop_request = (status, reason)
+        self.request_pause()
 
     def request_pause(self) -> None:
         """Pause soon, from any thread: the running vCPU stops at its next block entry (the C hook
@@ -321,6 +328,8 @@ class Machine:
         while not self.exit_requested:
             self.pause_requested = False
             self.step(until=limit)
+            if self.stop_request is not None:
+                self.request_exit(*self.stop_request)
             if limit is not None and self.now >= limit and not self.exit_requested:
                 self.request_exit(EXIT_LIMIT, f"instruction limit {limit} reached")
         return self.finish()
@@ -332,7 +341,7 @@ class Machine:
         budget it had, so pausing never changes what the guest sees.
         """
         tl, n = self.timeline, len(self.vcpus)
-        while not self.exit_requested and not self.pause_requested:
+        while not self.exit_requested and not self.pause_requested and self.stop_request is None:
             if self._turn is None:
                 if until is not None and tl.now >= until:
                     return

@@ -10,6 +10,7 @@ actions are already in ui/debugger.py, the panels in ui/panels/.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from functools import partial
@@ -135,6 +136,8 @@ class ApfApp(DebugActions, App):
         self._slow_panels_at = 0.0
         self._frame_no = 0
         self._themes = bundled_themes()
+        self.signalled: int | None = None   # the stop signal that ended the app (stop_by_signal)
+        self._loop: asyncio.AbstractEventLoop | None = None
         for t in self._themes:
             self.register_theme(t)
         self._theme_names = [t.name for t in self._themes]
@@ -195,7 +198,17 @@ class ApfApp(DebugActions, App):
         if not self.get_screen_stack():   # a key still queued while the app closes: nothing to do it in
             event.prevent_default()
 
+    def stop_by_signal(self, signum: int) -> None:
+        """Exit with status 128 + signum. Safe in a signal handler: the app's own loop does the exit
+        (and so restores the terminal and stops the engine thread)."""
+        self.signalled = signum
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(partial(self.exit, None, 128 + signum))
+
     def on_mount(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.signalled is not None:   # it came before the loop ran
+            self.exit(None, 128 + self.signalled)
         eng = self.engine
         self._apply_speed(start=True)
         if eng.external:
