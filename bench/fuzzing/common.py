@@ -27,23 +27,62 @@ def input_rng(seed: int, target: str, i: int) -> random.Random:
 
 
 class Hang(BaseException):
-    """The watchdog fired: the input did not finish within its bound (a BaseException, so no
+    """The watchdog fired: the input made no progress within its bound (a BaseException, so no
     `except Exception` in the code under test swallows it)."""
 
 
+class TooSlow(BaseException):
+    """The input kept making progress but reached its wall-time budget: an outcome, not a hang
+    (a guest whose every instruction exits to Python is slow, not stuck)."""
+
+
+class Progress:
+    """What the watchdog looks at: the machine of the input running now (its virtual time and its
+    event count grow while it works)."""
+    machine = None
+
+    @classmethod
+    def value(cls) -> int | None:
+        m = cls.machine
+        if m is None:
+            return None
+        return m.now + sum(m.counts.values())
+
+
+STALL = 5.0   # seconds without progress that make a hang
+
+
 @contextmanager
-def watchdog(seconds: float):
-    """Raise Hang in this (main) thread after `seconds` of wall time. Python code is interrupted
-    at once; code stuck in C is caught by the parent's backstop (fuzz.py kills the worker)."""
+def watchdog(seconds: float, stall: float = STALL):
+    """In this (main) thread: raise Hang when the input shows no progress for `stall` seconds (or,
+    with no machine to watch, after `seconds`), TooSlow after `seconds` with progress. Python code
+    is interrupted at once; code stuck in C is caught by the parent's backstop (fuzz.py kills the
+    worker)."""
+    import time
+    start = last_change = time.monotonic()
+    last = [None]
+    Progress.machine = None
+
     def fire(_sig, _frame):
-        raise Hang(f"no progress within {seconds:g} s")
+        nonlocal last_change
+        now = time.monotonic()
+        v = Progress.value()
+        if v is not None and v != last[0]:
+            last[0], last_change = v, now
+        if v is not None and now - last_change >= stall:
+            raise Hang(f"no progress within {stall:g} s (virtual time {Progress.machine.now:,})")
+        if now - start >= seconds:
+            if v is None:
+                raise Hang(f"not done within {seconds:g} s")
+            raise TooSlow(f"still working after {seconds:g} s")
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        Progress.machine = None
 
 
 @dataclass

@@ -11,12 +11,13 @@ import dataclasses
 import random
 from functools import lru_cache
 
-from .common import GUESTS, Hang, Report, TraceCheck, input_rng, mutate_bytes, watchdog
+from .common import GUESTS, Hang, Progress, Report, TooSlow, TraceCheck, input_rng, mutate_bytes, watchdog
 
 NAME = "guest"
 DEFAULTS = {"insns": 1_000_000}
 DESCRIBE = "random code at the entry / mutated code+data of {n} guests, 1 and 4 vCPUs, cap {insns:,} insns"
-SECONDS_PER_MILLION = 10.0  # the watchdog: ~50x what a 1M-instruction run takes here
+SECONDS_PER_MILLION = 120.0  # wall-time budget: every instruction an exit to Python (~100 us) fits;
+                             # a hang is no progress for common.STALL s
 
 #: instructions that leave the fast path: exits, deliveries, system state, the KVM MSRs
 OPCODES = tuple(bytes.fromhex(h) for h in (
@@ -93,6 +94,7 @@ def run_once(image, scenario, vcpus: int, cap: int, fmt: str) -> tuple[str, int,
     from apfdbg.machine.config import MachineConfig
     machine = MachineConfig(**{**scenario.machine.model_dump(), "vcpus": vcpus, "max_insns": cap})
     eng = Engine(image, scenario.model_copy(update={"machine": machine}))
+    Progress.machine = eng.machine
     try:
         trace = TraceCheck(eng.machine, fmt)
         res = eng.run()
@@ -126,6 +128,9 @@ def run(report: Report, seed: int, start: int, stop: int, opts: dict) -> None:
             try:
                 with watchdog(bound):
                     result, lost, text = run_once(image, scenario, vcpus, cap, fmt)
+            except TooSlow:
+                report.note("time budget reached, still running")
+                continue
             except (Exception, Hang) as e:
                 report.exception(i, f"{what} ({vcpus} vCPUs)", e)
                 continue

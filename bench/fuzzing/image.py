@@ -14,12 +14,12 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from .common import GUESTS, Hang, Report, input_rng, interesting, mutate_bytes, watchdog
+from .common import GUESTS, Hang, Progress, Report, TooSlow, input_rng, interesting, mutate_bytes, watchdog
 
 NAME = "image"
 DEFAULTS = {"insns": 20_000}
 DESCRIBE = "mutated ELF/program/section headers of {n} guests, flat binaries; load, build, run {insns:,} insns"
-BOUND = 10.0
+BOUND = 30.0   # wall-time budget of an input (a hang is no progress for common.STALL s)
 
 EHDR = {"ei_class": (4, 1), "ei_data": (5, 1), "ei_version": (6, 1), "e_type": (16, 2), "e_machine": (18, 2),
         "e_version": (20, 4), "e_entry": (24, 8), "e_phoff": (32, 8), "e_shoff": (40, 8), "e_flags": (48, 4),
@@ -113,6 +113,7 @@ def check(path: Path, kw: dict, vcpus: int, cap: int) -> str:
     try:
         image = load_image(path, **kw)
         m = Machine(image, MachineConfig(vcpus=vcpus, max_insns=cap))
+        Progress.machine = m
     except ImageError as e:
         msg = str(e)
         if not msg.startswith(str(path)) or "\n" in msg or "Traceback" in msg:
@@ -137,6 +138,9 @@ def run(report: Report, seed: int, start: int, stop: int, opts: dict) -> None:
             try:
                 with watchdog(BOUND):
                     result = check(path, kw, rng.choice((1, 2)), opts["insns"])
+            except TooSlow:
+                report.note("time budget reached, still running")
+                continue
             except (Exception, Hang) as e:
                 report.exception(i, what, e)
                 continue
