@@ -6,7 +6,7 @@ fills its TLB), and reports VmRSS from /proc/self/status after the run (and, for
 slope: (RSS(64) - RSS(1)) / 63 (and (RSS(8) - RSS(1)) / 7 for information).
 
 Target: <= 4 MiB per vCPU (Unicorn's own floor is ~2.7 MiB per engine sharing one mem_map_ptr
-RAM, /work/shared/notes/unicorn.md).
+RAM, docs/unicorn-notes.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Plain-words explanations of events, each with the rule (kernel function) behind it.
 
 `explain(event, snapshot)` returns an :class:`Explanation`; the Explain panel and the tour show it.
-The wording follows /work/shared/spec/async-pf.md and docs/kvm-model.md.
+The wording follows docs/async-pf.md and docs/kvm-model.md.
 """
 from __future__ import annotations
 
