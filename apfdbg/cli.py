@@ -17,16 +17,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from . import bundled
 from .machine.config import MachineConfig
 from .machine.image import ImageError, load_image
 from .machine.machine import EXIT_BAD_INPUT
 
-REPO = Path(__file__).resolve().parent.parent
 #: The guest `apfdbg` opens when neither the command line nor the scenario names one.  The demo guest
 #: stands in for the reference guest kernel (guests/refkernel/refkernel.elf) until that is finished;
 #: switching is this one line (and the pager frames in apfdbg/scenarios/default.toml and tour.toml).
-DEFAULT_GUEST = REPO / "guests" / "apfdemo" / "apfdemo.elf"
-SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+DEFAULT_GUEST = bundled.DEFAULT_GUEST
+SCENARIOS = bundled.SCENARIOS
 
 
 def _int(s: str) -> int:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run a guest image")
     r.add_argument("image", nargs="?", help="guest image (default: the scenario's, else the bundled guest)")
-    r.add_argument("--scenario", default=None, metavar="FILE", help="TOML scenario (docs/scenarios.md)")
+    r.add_argument("--scenario", default=None, metavar="FILE",
+                   help="TOML scenario file, or a bundled one by name: default, pressure, tour (docs/scenarios.md)")
     r.add_argument("--headless", action="store_true", help="no UI: console and summary on stdout")
     r.add_argument("--vcpus", type=int, default=None)
     r.add_argument("--ram", type=int, default=None, metavar="MIB")
@@ -76,7 +77,8 @@ def build_tui_parser(prog: str = "apfdbg") -> argparse.ArgumentParser:
                                 "'apfdbg run IMAGE --headless' (no UI).")
     p.add_argument("image", nargs="?", help="guest image (default: the scenario's, else the bundled demo guest)")
     p.add_argument("--scenario", default=None, metavar="FILE",
-                   help="TOML scenario (default: the bundled default.toml when no IMAGE is given)")
+                   help="TOML scenario file, or a bundled one by name: default, pressure, tour "
+                   "(default: the bundled default.toml when no IMAGE is given)")
     p.add_argument("--theme", default=None, metavar="NAME", help="UI theme (apf-night, apf-paper, apf-amber, "
                    "any Textual theme, or a theme .toml file)")
     p.add_argument("--tour", action="store_true", help="the guided tour")
@@ -98,12 +100,25 @@ def _speed(s: str | None):
     return int(v) if v == int(v) else v
 
 
+def scenario_file(text: str) -> Path:
+    """--scenario's file: a path, else the name of a bundled scenario (`pressure`, `tour` ...)."""
+    p = Path(text)
+    if p.exists():
+        return p
+    found = bundled.scenario(text)
+    if found is not None:
+        return found
+    from .scenario import ScenarioError
+    raise ScenarioError(f"{text}: no such file, nor a bundled scenario (bundled: "
+                        f"{', '.join(bundled.scenario_names())})")
+
+
 def _load(args, default_scenario: str | None):
     """(engine, scenario) from parsed arguments; raises ImageError / ScenarioError / ValidationError."""
     from .engine import Engine
     from .scenario import Scenario, load_scenario
     if args.scenario:
-        scenario = load_scenario(args.scenario)
+        scenario = load_scenario(scenario_file(args.scenario))
     elif default_scenario:
         scenario = load_scenario(SCENARIOS / default_scenario)
     else:

@@ -1,7 +1,7 @@
 """Benchmark 6: full async-PF cycles per second, headless.
 
 A cycle is: not-present injected -> the guest sleeps the task -> page-in -> page-ready injected ->
-the task resumes. Workload: scenarios/pressure.toml (the reference kernel on 4 vCPUs, a random
+the task resumes. Workload: apfdbg/scenarios/pressure.toml (the reference kernel on 4 vCPUs, a random
 pager keeping 48 of 256 task pages resident for the first 10M instructions). Reported:
 * cycles per second of wall time for the whole run (guest work included);
 * the cost of one cycle: (wall time of the run - wall time of the same guest and instruction
@@ -18,7 +18,7 @@ from apfdbg.engine import Engine
 from apfdbg.machine.image import load_image
 from apfdbg.scenario import load_scenario
 
-SCENARIO = C.ROOT / "scenarios" / "pressure.toml"
+SCENARIO = C.ROOT / "apfdbg" / "scenarios" / "pressure.toml"
 TARGET_CYCLES_PER_S = 10_000
 
 

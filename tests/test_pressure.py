@@ -1,4 +1,4 @@
-"""The reference kernel under an aggressive pager on 4 vCPUs (scenarios/pressure.toml): no task loses
+"""The reference kernel under an aggressive pager on 4 vCPUs (the bundled scenario `pressure`): no task loses
 or corrupts data, every not-present is matched by a page-ready or a wake-all, and the same
 scenario gives the same trace, byte for byte."""
 from collections import Counter
@@ -10,7 +10,7 @@ from apfdbg.machine.image import load_image
 from apfdbg.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO = ROOT / "scenarios" / "pressure.toml"
+SCENARIO = ROOT / "apfdbg" / "scenarios" / "pressure.toml"
 
 
 def _engine() -> Engine:

@@ -36,8 +36,8 @@ def test_every_record_of_a_kvm_run_parses(tmp_path):
     root = Path(__file__).resolve().parent.parent
     t = tmp_path / "t.jsonl"
     sc = tmp_path / "s.toml"
-    sc.write_text((root / "scenarios" / "pressure.toml").read_text()
-                  .replace('image = "../guests', f'image = "{root}/guests')
+    sc.write_text((root / "apfdbg" / "scenarios" / "pressure.toml").read_text()
+                  .replace('image = "../data/guests', f'image = "{root}/guests')
                   .replace("max_insns = 60_000_000", "max_insns = 3_000_000"))
     main(["run", "--scenario", str(sc), "--headless", "--trace", str(t)])
     kinds = set()

@@ -6,13 +6,13 @@ import bisect
 import io
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]   # the checkout (guest sources for the Code panel)
 
 
 class LineTable:
     """DWARF line info of an image: address -> (file, line), (file, line) -> first address."""
 
-    def __init__(self, elf: bytes | None) -> None:
+    def __init__(self, elf: bytes | None, image_dir: Path | None = None) -> None:
+        self.image_dir = image_dir
         self.addrs: list[int] = []
         self.locs: list[tuple[str, int] | None] = []
         self.line_addr: dict[tuple[str, int], int] = {}
@@ -80,16 +80,18 @@ class LineTable:
         return self.locs[i] if i >= 0 else None
 
     def source(self, path: str) -> list[str] | None:
-        """The lines of a source file: its own path, else the same relative path or name under guests/."""
+        """The lines of a source file: its own path (relative: to the current directory, then to the
+        image's), else a file of the same name beside the image (a guest built elsewhere; the bundled
+        guests ship their sources beside their images)."""
         if path in self._sources:
             return self._sources[path]
         lines = None
         p = Path(path)
-        cands = [p] if p.is_absolute() else [REPO / p, REPO / "guests" / p]
-        if not any(c.is_file() for c in cands):
-            guests = REPO / "guests"
-            if guests.is_dir():
-                cands += sorted(guests.rglob(p.name))
+        cands = [p]
+        if not p.is_absolute() and self.image_dir is not None:
+            cands.append(self.image_dir / p)
+        if self.image_dir is not None:
+            cands.append(self.image_dir / p.name)
         for c in cands:
             try:
                 if c.is_file():
@@ -146,5 +148,6 @@ def line_table(image) -> LineTable:
     key = id(image.elf)
     t = _tables.get(key)
     if t is None:
-        t = _tables[key] = LineTable(image.elf)
+        path = getattr(image, "path", None)
+        t = _tables[key] = LineTable(image.elf, Path(path).resolve().parent if path else None)
     return t

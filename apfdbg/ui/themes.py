@@ -1,4 +1,4 @@
-"""apfdbg's own Textual themes: the TOML files in the repository's themes/ directory."""
+"""apfdbg's own Textual themes: the TOML files of themes/, shipped as package data (apfdbg.bundled)."""
 from __future__ import annotations
 
 import tomllib
@@ -6,15 +6,12 @@ from pathlib import Path
 
 from textual.theme import Theme
 
-THEMES_DIR = Path(__file__).resolve().parents[2] / "themes"
+from .. import bundled
+
+THEMES_DIR = bundled.THEMES
 DEFAULT_THEME = "apf-night"
 _FIELDS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
            "surface", "panel", "boost")
-
-# Used when the themes/ directory is not there (an installed wheel): the same as themes/apf-night.toml.
-_FALLBACK = {"name": "apf-night", "dark": True, "primary": "#5aa9e6", "secondary": "#8f7fe0",
-             "accent": "#7fd4c1", "warning": "#f2b84b", "error": "#ef6f6c", "success": "#8bd17c",
-             "foreground": "#d7dde8", "background": "#0f131a", "surface": "#141a23", "panel": "#1c2430"}
 
 
 class ThemeError(ValueError):
@@ -40,11 +37,8 @@ def load_theme_file(path: str | Path) -> Theme:
 
 
 def bundled_themes() -> list[Theme]:
-    themes = []
-    if THEMES_DIR.is_dir():
-        for f in sorted(THEMES_DIR.glob("*.toml")):
-            themes.append(load_theme_file(f))
+    themes = [load_theme_file(f) for f in sorted(THEMES_DIR.glob("*.toml"))]
     if not any(t.name == DEFAULT_THEME for t in themes):
-        themes.insert(0, theme_from_dict(_FALLBACK))
+        raise ThemeError(f"the bundled theme {DEFAULT_THEME} is missing from {THEMES_DIR}: a broken install")
     themes.sort(key=lambda t: (t.name != DEFAULT_THEME, t.name))
     return themes

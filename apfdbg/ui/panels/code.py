@@ -2,14 +2,11 @@
 instruction highlighted, breakpoints marked; or (l) the source line RIP is on, from DWARF line info."""
 from __future__ import annotations
 
-import bisect
-import io
 from pathlib import Path
 
 from ...debug.debuginfo import LineTable, line_table  # noqa: F401  (re-exported)
 from ..base import Panel, Row, ViewCtx
 
-REPO = Path(__file__).resolve().parents[3]
 SOURCE_CONTEXT = 200          # source lines shown around the current one
 
 _cs = None
