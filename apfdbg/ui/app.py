@@ -286,6 +286,8 @@ class ApfApp(DebugActions, App):
 
     # --- snapshots -------------------------------------------------------------------------------
     def poll(self, force: bool = False) -> None:
+        if self._closing or self._closed:   # a last timer tick while the app closes
+            return
         snap = self.engine.latest
         if snap is self.snap and not force:
             return
@@ -354,7 +356,7 @@ class ApfApp(DebugActions, App):
         if slow_ok and fast:
             self._slow_panels_at = now
         for i, p in enumerate(self.panels):
-            if p.display:
+            if p.display or p.is_maximized:
                 if only_new and p.ctx is not None and p.ctx.snap is snap and p.ctx.vcpu == ctx.vcpu:
                     continue
                 if fast and p.ctx is not None and p.ctx.vcpu == ctx.vcpu:
@@ -594,7 +596,7 @@ class ApfApp(DebugActions, App):
         code._at = None
         if code.display is False:
             self.action_focus_panel("code")
-        elif self.snap is not None:
+        if code.display and self.snap is not None:   # a view in the new mode (showing it kept the old one)
             code.begin_update()
             code.update_ctx(self._ctx())
             code.flush()
@@ -619,7 +621,11 @@ class ApfApp(DebugActions, App):
         if self.compact:
             self.compact_panel = pid if pid != "vcpus" else self.compact_panel
         self._relayout()
-        self.panel(pid).focus()
+        p = self.panel(pid)
+        p.focus()
+        zoomed = p.screen.maximized
+        if zoomed is not None and zoomed is not p:   # the zoom follows the focus (else it shows a panel
+            p.screen.maximize(p, container=False)    # the layout may have hidden)
 
     def action_focus_next(self) -> None:
         self._cycle(1)

@@ -333,6 +333,8 @@ class Panel(Widget, can_focus=True):
         hh = self.header_height()
         if y < hh:
             return self._strip(self._header[y], width, base)
+        if self.ctx is None:   # on screen before its first view (the next push gives it one)
+            return Strip.blank(width, base)
         if self.rows == 0:
             if self._hint_lines is None:
                 hint = self.empty_hint() if self.ctx is not None else ""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from textual import events
 
-from .conftest import make_app, make_engine
+from .conftest import make_app, make_engine, make_ref_engine
 
 SIZE = (160, 50)
 
@@ -53,3 +53,39 @@ async def test_a_key_still_queued_when_the_app_has_closed():
     key = events.Key("x", "x")
     await app._on_key(key)
     assert key._no_default_action
+
+
+async def test_the_source_view_asked_for_while_the_code_panel_is_hidden():
+    """fuzz tui:6571, 6572: `l` on a hidden Code panel showed it in source mode with the rows of the
+    disassembly (IndexError in render_row): showing it did not refresh a view of the same snapshot."""
+    app = make_app(make_ref_engine("pf_handler"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d", "h")          # focus the Code panel, hide it
+        assert not app.panel("code").display
+        await pilot.press("l")               # the source view: shows the panel again
+        app.export_screenshot()
+        code = app.panel("code")
+        assert code.display and code.source_mode
+        assert code.rows == len(code._lines) > 0
+
+
+async def test_a_poll_while_the_app_closes():
+    """fuzz tui:5999: the poll timer fired while the app was closing, with its screen gone
+    (NoMatches '#vcpus'). A poll then does nothing."""
+    app = make_app(make_engine())
+    async with app.run_test(size=SIZE):
+        pass
+    app.poll(force=True)
+
+
+async def test_a_zoomed_panel_that_the_layout_hides():
+    """fuzz tui:1129: the zoomed (maximized) panel stays on screen when the layout hides it (compact
+    mode, another panel's key), so it must keep a view; it was drawn from none (AttributeError)."""
+    app = make_app(make_engine(run_to=400_000))
+    async with app.run_test(size=(90, 30)) as pilot:     # compact: one panel beside the vCPUs
+        await pilot.press("2", "z", "3")                 # msr, zoomed; then the hash panel's key
+        await pilot.press("full_stop", "full_stop")      # new snapshots
+        app.export_screenshot()
+        shown = app.screen.maximized
+        if shown is not None:
+            assert shown.ctx is not None and shown.ctx.snap is app.snap
