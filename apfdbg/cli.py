@@ -3,7 +3,8 @@
   apfdbg                                  the TUI on the bundled default guest and scenario
   apfdbg IMAGE [--scenario FILE] [--theme NAME]   the TUI on any guest
   apfdbg --tour                           the guided tour
-  apfdbg serve [--host H] [--port P] [TUI options]   the TUI in a browser (textual-serve)
+  apfdbg serve [--host H] [--port P] [--max-sessions N] [--idle-timeout T] [TUI options]
+                                          the TUI in a browser (textual-serve)
   apfdbg run IMAGE --headless [...]       no UI: console and summary on stdout
   apfdbg run IMAGE --gdb [HOST:]PORT      no UI: serve gdb (target remote HOST:PORT), docs/gdb.md
   apfdbg [IMAGE] --gdb [HOST:]PORT        the TUI, showing what gdb does (also: run ... --gdb P --tui)
@@ -233,29 +234,67 @@ def _tui(args) -> int:
         ending.finish(app.signalled if app is not None else None)
 
 
+def _follow_the_server() -> None:
+    """A session of `apfdbg serve` ends when its server does, however the server ends."""
+    import os
+
+    from .lifecycle import SERVE_PARENT_ENV, die_with_parent
+    parent = os.environ.pop(SERVE_PARENT_ENV, None)
+    if parent and parent.isdigit():
+        die_with_parent(int(parent))
+
+
+def _duration(s: str) -> float:
+    """--idle-timeout: 30 (minutes), 90s, 30m, 2h; 0 for never."""
+    unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1:].lower())
+    try:
+        v = float(s[:-1] if unit else s) * (unit or 60)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (30, 90s, 30m, 2h): {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"negative: {s!r}")
+    return v
+
+
+def _positive(s: str) -> int:
+    v = _int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"at least 1: {s!r}")
+    return v
+
+
 def serve_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="apfdbg serve", description="Serve the apfdbg TUI to web browsers "
-                                "(textual-serve): every browser tab gets its own apfdbg process.")
+                                "(textual-serve): every browser tab gets its own apfdbg process, which "
+                                "ends with its tab.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--public-url", default=None, help="the URL browsers reach the server at, if not host:port")
+    p.add_argument("--max-sessions", type=_positive, default=32, metavar="N",
+                   help="at most N tabs at once; the page says when it is full (default 32)")
+    p.add_argument("--idle-timeout", type=_duration, default=30 * 60, metavar="TIME",
+                   help="end a session with no input for TIME: 30 (minutes), 90s, 30m, 2h; 0: never "
+                   "(default 30m)")
     args, rest = p.parse_known_args(argv)
     if build_tui_parser("apfdbg serve").parse_args(rest).gdb:  # fail here, not in every browser tab
         print("apfdbg serve: --gdb is not supported (every browser tab runs its own apfdbg)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        from textual_serve.server import Server
+        from .serve import serve
     except ImportError:
         print("apfdbg: serve needs the textual-serve package (pip install textual-serve)", file=sys.stderr)
         return EXIT_BAD_INPUT
     import shlex
-    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "apfdbg", *rest])
-    Server(command, host=args.host, port=args.port, title="apfdbg", public_url=args.public_url).serve()
+    # exec: the session's process is the server's own child (its parent-death signal is the server's)
+    command = "exec " + " ".join(shlex.quote(a) for a in [sys.executable, "-m", "apfdbg", *rest])
+    serve(command, host=args.host, port=args.port, public_url=args.public_url,
+          max_sessions=args.max_sessions, idle_timeout=args.idle_timeout)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _follow_the_server()
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
     if argv[:1] != ["run"]:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: set by `apfdbg serve` for its sessions: the server's pid (a session dies with its server)
+SERVE_PARENT_ENV = "APFDBG_SERVE_PARENT"
 GRACE = 1.5   # seconds a stop signal leaves for the clean way out, then the process exits anyway
 
 

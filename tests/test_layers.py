@@ -25,7 +25,7 @@ LAYER_OF = {
     "apfdbg.ui": "ui",
     "apfdbg.gdbstub": "gdbstub",
     "apfdbg.headless": "headless",
-    "apfdbg.cli": "cli", "apfdbg.lifecycle": "cli", "apfdbg.__main__": "cli", "apfdbg.gdbstub.__main__": "cli",
+    "apfdbg.cli": "cli", "apfdbg.lifecycle": "cli", "apfdbg.serve": "cli", "apfdbg.__main__": "cli", "apfdbg.gdbstub.__main__": "cli",
 }
 #: what each layer may import (besides itself)
 MAY_IMPORT = {

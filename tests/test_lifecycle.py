@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -235,3 +236,38 @@ def test_stop_signals_end_a_gdb_run_with_a_client_attached(tmp_path, sig):
         if proc.poll() is None:
             proc.kill()
     _ends_with_the_signal(_lines(trace), None, sig)
+
+
+def _served_session() -> subprocess.Popen:
+    """apfdbg as `apfdbg serve` runs it for a tab: the web driver on pipes, no terminal."""
+    env = dict(os.environ, TEXTUAL_DRIVER="apfdbg.ui.webdriver:ServedDriver", COLUMNS="120", ROWS="40")
+    proc = subprocess.Popen([sys.executable, "-m", "apfdbg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    t0 = time.monotonic()
+    seen = b""
+    while b"__GANGLION__" not in seen:   # the driver's hello: the app runs
+        assert time.monotonic() - t0 < 60, proc.stderr.read1(4096) if proc.poll() is not None else "no hello"
+        if select.select([proc.stdout], [], [], 0.1)[0]:
+            seen += proc.stdout.read1(1 << 16)
+    # keep its output flowing, as the server does
+    threading.Thread(target=lambda: [None for _ in iter(lambda: proc.stdout.read1(1 << 16), b"")],
+                     daemon=True).start()
+    return proc
+
+
+@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
+def test_stop_signals_end_a_served_session(sig):
+    proc = _served_session()
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    rc, took = _wait(proc)
+    assert rc == 128 + sig and took < 2, (rc, took, proc.stderr.read()[-2000:])
+
+
+def test_a_served_session_ends_when_its_input_closes():
+    """The server died or dropped the session: stdin closes; the app ends instead of running on."""
+    proc = _served_session()
+    time.sleep(0.5)
+    proc.stdin.close()
+    rc, took = _wait(proc)
+    assert rc == 0 and took < 2, (rc, took)
