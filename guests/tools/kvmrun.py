@@ -237,9 +237,12 @@ def _seg(sel: int, code: bool, dpl: int = 0) -> Segment:
 
 
 class KvmGuest:
-    def __init__(self, path: str, vcpus: int = 1, ram_mib: int = 16, quirk_mask: int | None = None) -> None:
-        """quirk_mask: the guest's tl_quirks word (default: what the probe finds on this host)."""
-        self.path, self.nvcpus, self.ram_size = path, vcpus, ram_mib * MIB
+    def __init__(self, path: str, vcpus: int = 1, ram_mib: int = 16, quirk_mask: int | None = None,
+                 pv: bool = False) -> None:
+        """quirk_mask: the guest's tl_quirks word (default: what the probe finds on this host).
+        pv: offer the host's paravirtual features in CPUID 0x40000001 (async PF, its interrupt
+        delivery ...), as a VMM does for a Linux guest; without it none, like apfdbg's NullHost."""
+        self.path, self.nvcpus, self.ram_size, self.pv = path, vcpus, ram_mib * MIB, pv
         self.quirk_mask = probe_quirks().mask if quirk_mask is None else quirk_mask
         self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         if ioctl(self.kvm, KVM_GET_API_VERSION) != 12:
@@ -324,7 +327,7 @@ class KvmGuest:
                 e2.ecx |= (1 << 31) | (1 << 21)   # hypervisor, x2APIC
             elif e.function in (0xB, 0x1F):
                 e2.edx = i
-            elif e.function == 0x40000001:
+            elif e.function == 0x40000001 and not self.pv:
                 e2.eax = 0                           # no paravirtual features (apfdbg's NullHost)
             entries.append(e2)
         c = cpuid2(len(entries))()
@@ -541,9 +544,22 @@ def kvm_usable() -> str | None:
     return None
 
 
-def run_guest(path: str, vcpus: int = 1, timeout: float = 20.0) -> Result:
+def supported_pv_features() -> int:
+    """CPUID 0x40000001 EAX as this host's KVM supports it (0 when it offers no such leaf)."""
+    fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        n = 256
+        c = cpuid2(n)()
+        c.nent = n
+        ioctl(fd, KVM_GET_SUPPORTED_CPUID, c)
+        return next((c.entries[i].eax for i in range(c.nent) if c.entries[i].function == 0x40000001), 0)
+    finally:
+        os.close(fd)
+
+
+def run_guest(path: str, vcpus: int = 1, timeout: float = 20.0, pv: bool = False) -> Result:
     """Run a test guest with the quirks the probe found on this host in its tl_quirks."""
-    g = KvmGuest(path, vcpus)
+    g = KvmGuest(path, vcpus, pv=pv)
     try:
         return g.run(timeout)
     finally:
@@ -555,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("image")
     ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=20.0, help="wall-clock seconds")
+    ap.add_argument("--pv", action="store_true", help="offer the host's paravirtual features (CPUID "
+                    "0x40000001), async PF and its interrupt delivery included")
     args = ap.parse_args(argv)
     why = kvm_usable()
     if why:
@@ -565,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"KVM quirks here: {q.describe()}")
         for line in q.seen:
             print(f"  {line}")
-        res = run_guest(args.image, args.vcpus, args.timeout)
+        if args.pv:
+            print(f"paravirtual features offered: {supported_pv_features():#x}")
+        res = run_guest(args.image, args.vcpus, args.timeout, pv=args.pv)
     except (OSError, ELFError) as e:
         print(f"kvmrun: {e}", file=sys.stderr)
         return 8
