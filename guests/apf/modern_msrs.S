@@ -15,6 +15,8 @@
  *  - the token slot: while the token word is not 0, no page-ready is written nor sent; after the
  *    guest clears it, its ACK write delivers the waiting one (the token is there right after the
  *    wrmsr: the ACK runs the completion check itself);
+ *  - while the APIC is software-disabled no page-ready is written nor sent; enabling it delivers
+ *    the waiting one;
  *  - an area outside guest RAM -> #GP(0), and the value is stored anyway;
  *  - SEND_ALWAYS (bit 1) and DELIVERY_AS_PF_VMEXIT (bit 2, offered: bit 10) are taken.
  */
@@ -151,6 +153,18 @@ _start:
     OPEN_WINDOW
     ASSERT_EQ readies(%rip), $2, 0x43
 
+    /* --- the APIC software-disabled ----------------------------------------------------- */
+    MSR_WRITE MSR_EN, 0
+    MSR_WRITE X2APIC_SVR, 0xff          /* APIC off: page-ready waits */
+    EN_WRITE (EN_ON | EN_INT)
+    OPEN_WINDOW
+    ASSERT_EQ readies(%rip), $2, 0x44
+    movl area+4(%rip), %eax
+    ASSERT_EQ %rax, $0, 0x45            /* not even written */
+    MSR_WRITE X2APIC_SVR, 0x1ff         /* APIC on again: that re-checks (lapic.c apic_set_spiv) */
+    OPEN_WINDOW
+    ASSERT_EQ readies(%rip), $3, 0x46
+
     /* --- an area outside guest RAM ---------------------------------------------------- */
     MSR_WRITE MSR_EN, 0
     movabsq $(0x40000000 | EN_ON | EN_INT), %r12
@@ -164,7 +178,7 @@ _start:
     /* --- SEND_ALWAYS and DELIVERY_AS_PF_VMEXIT --------------------------------------- */
     EN_WRITE (EN_ON | EN_INT | EN_SEND_ALWAYS | EN_VMEXIT)
     OPEN_WINDOW
-    ASSERT_EQ readies(%rip), $3, 0x50
+    ASSERT_EQ readies(%rip), $4, 0x50
     MSR_WRITE MSR_EN, 0
     MSR_READ MSR_EN
     ASSERT_EQ %rax, $0, 0x51
