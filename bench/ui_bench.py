@@ -188,7 +188,6 @@ def main() -> None:
     eng = engine()
     fill_log(eng, EVENTS)
     ui = asyncio.run(measure_ui(eng, MEASURE_S, until))
-    frame = [x + y for x, y in zip(ui["apply"], ui["render"])] or [float("nan")]
     ms = 1000
     results: list[Result] = [
         info("events in the timeline (after the free run)", ui["events_at_start"], "events"),

@@ -84,7 +84,6 @@ def token_text(token: int | None) -> str:
 def event_summary(e) -> str:
     """One line of the fields that matter for the event's kind."""
     k = e.kind
-    g = getattr
     if k == "async_pf_not_present":
         return f"gfn {e.gfn:#x} token {e.token:#x} work #{e.work} slot {e.slot} -> {e.delivery}"
     if k == "async_pf_ready":

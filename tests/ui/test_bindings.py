@@ -9,7 +9,7 @@ import pytest
 from apfdbg.ui.app import SPEEDS, ApfApp
 from apfdbg.ui.bindings import KEYS
 
-from .conftest import BENCH_GUEST, FULL_HASH, make_app, make_engine, make_ref_engine, screen_text
+from .conftest import make_app, make_engine, make_ref_engine, screen_text
 
 SIZE = (200, 60)
 

@@ -5,7 +5,6 @@ Update after an intended change of the look: pytest tests/ui --snapshot-update
 """
 from __future__ import annotations
 
-from apfdbg.scenario import EventMatch
 
 from .conftest import BENCH_GUEST, FULL_HASH, SEED_PROFILE, make_app, make_engine, make_ref_engine
 
