@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ram", type=int, default=None, metavar="MIB")
     r.add_argument("--quantum", type=int, default=None)
     r.add_argument("--max-insns", type=_int, default=None)
+    _profile_option(r)
     r.add_argument("--load-addr", type=_int, default=None, help="flat binary: where to load it")
     r.add_argument("--entry", type=_int, default=None, help="flat binary: where to start")
     r.add_argument("--trace", default=None, metavar="FILE", help="write every event to FILE")
@@ -63,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_EXPECT_FAILED = 10
 
 
+def _profile_option(p: argparse.ArgumentParser) -> None:
+    from .kvm.profiles import PROFILES
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="the KVM host to model (default: the scenario's, else seed): seed and 2.6.38 "
+                   "(2010, page-ready as #PF), 6.18 (today's: page-ready as an interrupt); docs/kvm-model.md")
+
+
 def _machine_options(p: argparse.ArgumentParser) -> None:
+    _profile_option(p)
     p.add_argument("--vcpus", type=int, default=None)
     p.add_argument("--ram", type=int, default=None, metavar="MIB")
     p.add_argument("--quantum", type=int, default=None)
@@ -129,6 +138,8 @@ def _load(args, default_scenario: str | None):
     if overrides:
         scenario = scenario.model_copy(update={"machine": MachineConfig(
             **{**scenario.machine.model_dump(), **overrides})})
+    if getattr(args, "profile", None):
+        scenario = scenario.model_copy(update={"host": scenario.host.model_copy(update={"profile": args.profile})})
     image_path = args.image
     if image_path is None and scenario.image:
         image_path = str(Path(scenario.base_dir) / scenario.image)

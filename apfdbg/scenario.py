@@ -59,7 +59,7 @@ def _add_range(lo: int, hi: int, out: list[int]) -> None:
 
 
 class HostSection(_M):
-    profile: Literal["seed", "2.6.38"] = "seed"
+    profile: Literal["seed", "2.6.38", "6.18"] = "seed"
     seed: int = 0
 
 

@@ -53,6 +53,10 @@ class KvmHost:
         self.kvm.before_entry(vcpu.index)
 
     def wants_interrupt_window(self, vcpu) -> bool:
+        """2010: a page-ready #PF waits for IF. Today's page-ready is an APIC interrupt: the APIC
+        holds it, and the done list waits for the slot or the APIC, not for IF."""
+        if self.kvm.profile.ready_delivery.value == "interrupt":
+            return False
         st = self.kvm.state(vcpu.index)
         return bool(st.done) and not self.kvm.can_inject_page_ready(vcpu.index)
 
@@ -63,6 +67,9 @@ class KvmHost:
 
     def on_interrupt_wake(self, vcpu) -> None:
         self.kvm.on_interrupt_wake(vcpu.index)
+
+    def on_apic_enabled(self, vcpu) -> None:
+        self.kvm.on_apic_enabled(vcpu.index)
 
     # --- the model's pager ---------------------------------------------------------------------
     def request_page_in(self, vcpu_index: int, gfn: int, work: AsyncPfWork) -> None:

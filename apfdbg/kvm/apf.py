@@ -26,9 +26,15 @@ from . import events as ev
 from .gfn_hash import ASYNC_PF_PER_VCPU, GfnHash
 from .profiles import (
     AREA_GPA_MASK,
+    KVM_ASYNC_PF_DELIVERY_AS_INT,
+    KVM_ASYNC_PF_DELIVERY_AS_PF_VMEXIT,
+    KVM_FEATURE_ASYNC_PF_INT,
+    KVM_FEATURE_ASYNC_PF_VMEXIT,
     KVM_PV_REASON_PAGE_NOT_PRESENT,
     KVM_PV_REASON_PAGE_READY,
+    MSR_KVM_ASYNC_PF_ACK,
     MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_INT,
     WAKE_ALL_TOKEN,
     Profile,
     ReadyDelivery,
@@ -82,6 +88,15 @@ class VcpuPort(Protocol):
     def set_halted(self, halted: bool) -> None:
         """apf.halted: the vCPU does not run (it may still wake for an interrupt it can take:
         the machine decides that and then calls AsyncPfHost.on_interrupt_wake)."""
+        ...
+
+    # Used by the profiles with interrupt page-ready (today's protocol) only:
+    def inject_interrupt(self, vector: int) -> None:
+        """A fixed, edge interrupt into the vCPU's local APIC (kvm_apic_set_irq)."""
+        ...
+
+    def apic_enabled(self) -> bool:
+        """kvm_lapic_enabled: the local APIC is on (SVR bit 8)."""
         ...
 
 
@@ -218,6 +233,8 @@ class VcpuApfSnapshot(BaseModel):
     gfns: list[int | None]  # the 64 slots of apf.gfns (None = empty)
     gfn_home: list[int | None]  # home bucket of each slot's entry
     gfn_distance: list[int | None]  # probe distance of each slot's entry
+    int_vector: int | None = None  # today's protocol: the page-ready vector (MSR_KVM_ASYNC_PF_INT)
+    pageready_pending: bool = False  # today's protocol: sent, not acknowledged yet
 
 
 class VcpuApf:
@@ -232,6 +249,11 @@ class VcpuApf:
         self.send_user_only: bool = False  # 2.6.38: !(data & SEND_ALWAYS) on a good enable
         self.id: int = 0  # u32 token counter; never reset
         self.halted: bool = False
+        # today's protocol (interrupt page-ready)
+        self.msr_int_val: int = 0  # MSR_KVM_ASYNC_PF_INT
+        self.vec: int = 0
+        self.pageready_pending: bool = False  # a page-ready was sent; cleared by the ACK write
+        self.ready_request: bool = False  # KVM_REQ_APF_READY: check the done list at next entry
         self.gfns = GfnHash(
             profile.hash_multiplier,
             stop_at_empty=profile.gfn_slot_stops_at_empty,
@@ -286,6 +308,8 @@ class VcpuApf:
             gfns=entries,
             gfn_home=[None if e is None else self.gfns.home(e) for e in entries],
             gfn_distance=[self.gfns.distance(i) for i in range(len(entries))],
+            int_vector=self.vec if self.profile.ready_delivery is ReadyDelivery.INTERRUPT else None,
+            pageready_pending=self.pageready_pending,
         )
 
     def __repr__(self) -> str:
@@ -328,11 +352,7 @@ class AsyncPfHost:
         vcpus: Iterable[VcpuPort] = (),
     ) -> None:
         self.profile = get_profile(profile)
-        if self.profile.ready_delivery is not ReadyDelivery.PF:
-            raise NotImplementedError(
-                f"profile {self.profile.name}: page-ready delivery "
-                f"{self.profile.ready_delivery.value!r} is not implemented"
-            )
+        self._by_interrupt = self.profile.ready_delivery is ReadyDelivery.INTERRUPT
         self.memory = memory
         self.clock = clock
         self.sink: EventSink = sink if sink is not None else (lambda _e: None)
@@ -340,8 +360,12 @@ class AsyncPfHost:
         self.set_pager(pager)
         self.vcpus: dict[int, VcpuApf] = {}
         self._serials = itertools.count(1)
-        # MSR index -> (read, write); a later profile adds its MSRs here (5.8: INT, ACK)
-        known = {MSR_KVM_ASYNC_PF_EN: (self._read_apf_en, self._write_apf_en)}
+        # MSR index -> (read, write)
+        known = {
+            MSR_KVM_ASYNC_PF_EN: (self._read_apf_en, self._write_apf_en),
+            MSR_KVM_ASYNC_PF_INT: (self._read_apf_int, self._write_apf_int),
+            MSR_KVM_ASYNC_PF_ACK: (self._read_apf_ack, self._write_apf_ack),
+        }
         missing = [hex(m) for m in self.profile.msr_ids if m not in known]
         if missing:
             raise NotImplementedError(f"profile {self.profile.name}: MSRs {missing} not implemented")
@@ -432,6 +456,13 @@ class AsyncPfHost:
         reserved = self.profile.reserved_bits(value)
         if reserved:
             return self._msr_fail(st, index, value, f"reserved bits {reserved:#x} set")
+        # guest_pv_has: a delivery bit needs its CPUID feature (bits reserved in 2010 failed above)
+        offered = self.profile.cpuid_features
+        for bit, feature, name in ((KVM_ASYNC_PF_DELIVERY_AS_PF_VMEXIT, KVM_FEATURE_ASYNC_PF_VMEXIT,
+                                    "DELIVERY_AS_PF_VMEXIT"),
+                                   (KVM_ASYNC_PF_DELIVERY_AS_INT, KVM_FEATURE_ASYNC_PF_INT, "DELIVERY_AS_INT")):
+            if value & bit and not offered & (1 << feature):
+                return self._msr_fail(st, index, value, f"{name} set, its CPUID feature not offered")
         st.msr_val = value
         if not self.profile.is_enabled(value):
             self._clear_completion_queue(st, "msr_disable")
@@ -447,6 +478,31 @@ class AsyncPfHost:
             st.send_user_only = not (value & self.profile.send_always_bit)
         self._wakeup_all(st)
         self._emit(ev.MsrWrite, st, index=index, value=value, result="ok", reason="enabled")
+        return True
+
+    def _read_apf_int(self, st: VcpuApf) -> int:
+        return st.msr_int_val
+
+    def _write_apf_int(self, st: VcpuApf, value: int) -> bool:
+        """kvm_pv_enable_async_pf_int: bits above 7 fail, nothing stored; else the vector."""
+        if value >> 8:
+            return self._msr_fail(st, MSR_KVM_ASYNC_PF_INT, value, "bits above 7 set (the vector is 8 bits)")
+        st.msr_int_val = value
+        st.vec = value & 0xFF
+        self._emit(ev.MsrWrite, st, index=MSR_KVM_ASYNC_PF_INT, value=value, result="ok", reason=f"vector {st.vec:#x}")
+        return True
+
+    def _read_apf_ack(self, st: VcpuApf) -> int:
+        return 0
+
+    def _write_apf_ack(self, st: VcpuApf, value: int) -> bool:
+        """The MSR_KVM_ASYNC_PF_ACK case of kvm_set_msr_common: bit 0 clears pageready_pending and
+        checks the done list at once (not on a request)."""
+        self._emit(ev.MsrWrite, st, index=MSR_KVM_ASYNC_PF_ACK, value=value, result="ok",
+                   reason="ack" if value & 1 else "ignored (bit 0 clear)")
+        if value & 1:
+            st.pageready_pending = False
+            self._check_completion(st)
         return True
 
     def _msr_fail(self, st: VcpuApf, index: int, value: int, why: str) -> bool:
@@ -536,6 +592,14 @@ class AsyncPfHost:
         self.memory.write_u32(gpa, reason)
         return True
 
+    def _put_ready_token(self, st: VcpuApf, token: int) -> bool:
+        """apf_put_user_ready: the u32 token at offset 4 of the area (flags are left alone)."""
+        gpa = st.area_gpa + 4
+        if not self.memory.is_ram(gpa, 4):
+            return False
+        self.memory.write_u32(gpa, token)
+        return True
+
     def _request_page_in(self, work: AsyncPfWork) -> None:
         if self.pager is not None and work.gfn is not None:
             self.pager.request_page_in(work.vcpu, work.gfn, work)
@@ -551,6 +615,8 @@ class AsyncPfHost:
         assert work.gfn is not None
         work.state = WorkState.DONE
         work.completed_at = self.clock.now()
+        if not st.done:  # the first on the done list asks for a check (present_queued)
+            st.ready_request = True
         st.done.append(work)
         self._emit(
             ev.AsyncPfCompleted,
@@ -565,12 +631,25 @@ class AsyncPfHost:
         return True
 
     def can_inject_page_ready(self, vcpu: int | VcpuPort | VcpuApf) -> bool:
-        """kvm_arch_can_inject_async_page_present: always with APF disabled, else only when
-        interrupts are allowed and nothing awaits (re)injection."""
+        """kvm_arch_can_inject_async_page_present (2010): always with APF disabled, else only when
+        interrupts are allowed and nothing awaits (re)injection.  Today's
+        kvm_arch_can_dequeue_async_page_present: always with APF disabled, else while the local
+        APIC is on and the token slot is free (apf_pageready_slot_free: the u32 at offset 4 is 0)."""
         st = self.state(vcpu)
         if not st.enabled:
             return True
+        if self._by_interrupt:
+            return st.port.apic_enabled() and self._slot_free(st)
         return st.port.interrupt_allowed()
+
+    def _slot_free(self, st: VcpuApf) -> bool:
+        gpa = st.area_gpa + 4
+        return self.memory.is_ram(gpa, 4) and self.memory.read_u32(gpa) == 0
+
+    def on_apic_enabled(self, vcpu: int | VcpuPort | VcpuApf) -> None:
+        """The guest turned its local APIC on (apic_set_spiv): check for page-readies waiting."""
+        if self.profile.completions_on_request:
+            self.state(vcpu).ready_request = True
 
     def runnable(self, vcpu: int | VcpuPort | VcpuApf) -> bool:
         """The async-PF part of kvm_arch_vcpu_runnable: not halted, or a done work waits."""
@@ -585,6 +664,14 @@ class AsyncPfHost:
         kvm_arch_async_page_present on it.  Returns the works handled.
         """
         st = self.state(vcpu)
+        if self.profile.completions_on_request:
+            if not st.ready_request:
+                return []
+            st.ready_request = False   # KVM_REQ_APF_READY, taken
+        return self._check_completion(st)
+
+    def _check_completion(self, st: VcpuApf) -> list[AsyncPfWork]:
+        """kvm_check_async_pf_completion's loop."""
         handled: list[AsyncPfWork] = []
         limit = self.profile.completions_per_entry
         while st.done and (limit is None or len(handled) < limit) and self.can_inject_page_ready(st):
@@ -614,7 +701,14 @@ class AsyncPfHost:
             or work.wakeup_all
             or work.not_present == "pf"
         )
-        if st.enabled and wanted and self._put_reason(st, KVM_PV_REASON_PAGE_READY):
+        if not (st.enabled and wanted):
+            pass
+        elif self._by_interrupt:
+            if self._put_ready_token(st, work.token):   # apf_put_user_ready, then the interrupt
+                st.pageready_pending = True
+                st.port.inject_interrupt(st.vec)
+                delivered = work.token
+        elif self._put_reason(st, KVM_PV_REASON_PAGE_READY):
             st.port.inject_page_fault(work.token, 0)
             delivered = work.token
         work.state = WorkState.DELIVERED
@@ -657,6 +751,7 @@ class AsyncPfHost:
         work.completed_at = work.created
         st.done.append(work)
         st.queued += 1
+        st.ready_request = True
         self._emit(ev.WakeupAll, st, queued=True, work=work.serial)
         self._unhalt(st, "completion")
         return work
@@ -718,6 +813,7 @@ class AsyncPfHost:
         clear halted.  apf.id (and send_user_only) are left alone, as in the kernel."""
         st = self.state(vcpu)
         st.msr_val = 0
+        st.msr_int_val = 0
         self._clear_completion_queue(st, "reset")
         st.gfns.reset()
         self._unhalt(st, "reset")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .gfn_hash import GOLDEN_RATIO_PRIME_32
+from .gfn_hash import GOLDEN_RATIO_32, GOLDEN_RATIO_PRIME_32
 
 __all__ = [
     "MSR_KVM_ASYNC_PF_EN",
@@ -33,6 +33,7 @@ __all__ = [
     "Profile",
     "SEED",
     "LINUX_2_6_38",
+    "LINUX_6_18",
     "PROFILES",
     "DEFAULT_PROFILE",
     "get_profile",
@@ -109,6 +110,9 @@ class Profile:
     ready_delivery: ReadyDelivery = ReadyDelivery.PF
     #: completions handled per guest entry; None = loop while possible (2.6.39 on)
     completions_per_entry: int | None = 1
+    #: completions are checked only when asked (KVM_REQ_APF_READY: a work done on an empty done
+    #: list, a wake-all, the APIC enabled; and the ACK write), not before every entry
+    completions_on_request: bool = False
     #: "page ready" only for works whose "not present" was injected (2013 on)
     ready_needs_not_present_injected: bool = False
 
@@ -135,6 +139,9 @@ class Profile:
         }
         if self.send_always_bit is not None:
             out["send_always"] = bool(msr_val & self.send_always_bit)
+        if self.ready_delivery is ReadyDelivery.INTERRUPT:
+            out["delivery_as_pf_vmexit"] = bool(msr_val & KVM_ASYNC_PF_DELIVERY_AS_PF_VMEXIT)
+            out["delivery_as_int"] = bool(msr_val & KVM_ASYNC_PF_DELIVERY_AS_INT)
         out["reserved"] = msr_val & self.reserved_mask
         return out
 
@@ -162,12 +169,38 @@ LINUX_2_6_38 = Profile(
     gfn_slot_stops_at_empty=False,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (SEED, LINUX_2_6_38)}
+LINUX_6_18 = Profile(
+    name="6.18",
+    description=(
+        "today's protocol (interrupt-based page-ready, 5.8 on) as read in x86.c and async_pf.c and "
+        "checked on Linux 6.18's KVM: EN bits 5:4 reserved, enabled = ENABLED and DELIVERY_AS_INT, "
+        "flags/token area, page-ready as an interrupt on the INT vector while the token slot is "
+        "free, ACK; token 0 never used, hash lookup stops at an empty slot, guarded delete"
+    ),
+    reserved_mask=0x30,
+    enabled_mask=KVM_ASYNC_PF_ENABLED | KVM_ASYNC_PF_DELIVERY_AS_INT,
+    send_always_bit=KVM_ASYNC_PF_SEND_ALWAYS,
+    area_check_len=8,
+    msr_ids=(MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_INT, MSR_KVM_ASYNC_PF_ACK),
+    cpuid_features=(1 << KVM_FEATURE_ASYNC_PF) | (1 << KVM_FEATURE_ASYNC_PF_VMEXIT)
+    | (1 << KVM_FEATURE_ASYNC_PF_INT),
+    hash_multiplier=GOLDEN_RATIO_32,
+    gfn_slot_stops_at_empty=True,
+    gfn_del_guarded=True,
+    skip_zero_token=True,
+    put_user_failure_halts=True,
+    ready_delivery=ReadyDelivery.INTERRUPT,
+    completions_per_entry=None,
+    completions_on_request=True,
+    ready_needs_not_present_injected=True,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (SEED, LINUX_2_6_38, LINUX_6_18)}
 DEFAULT_PROFILE = SEED
 
 
 def get_profile(name: str | Profile | None = None) -> Profile:
-    """A profile by name (``seed``, ``2.6.38``); None gives the default (``seed``)."""
+    """A profile by name (``seed``, ``2.6.38``, ``6.18``); None gives the default (``seed``)."""
     if name is None:
         return DEFAULT_PROFILE
     if isinstance(name, Profile):

@@ -24,6 +24,8 @@ class Host(Protocol):
     """True if the host makes a sleeping (hlt'ed or host-halted) `vcpu` runnable again."""
     """True if the host has an event for `vcpu` that waits only for it to accept interrupts."""
     def on_interrupt_wake(self, vcpu: "VCpu") -> None: ...
+    def on_apic_enabled(self, vcpu: "VCpu") -> None: ...
+    """The guest turned `vcpu`'s local APIC on (SVR bit 8 written)."""
 
 
 class NullHost:
@@ -52,4 +54,7 @@ class NullHost:
         return False
 
     def on_interrupt_wake(self, vcpu) -> None:
+        pass
+
+    def on_apic_enabled(self, vcpu) -> None:
         pass

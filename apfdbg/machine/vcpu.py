@@ -60,7 +60,8 @@ class VCpu:
         self.accel = VcpuAccel.attach(uc, machine.ram.ptr, machine.ram.size,
                                       machine.ram.frame_state_ptr, self._block_miss)
         self.accel.state.frame_access = machine.ram.frame_access_ptr
-        self.apic = X2Apic(index, machine.timeline, machine, self._interrupt_arrived)
+        self.apic = X2Apic(index, machine.timeline, machine, self._interrupt_arrived,
+                           lambda: machine.host.on_apic_enabled(self))
         self.msr_devices = (self.apic,)   # the devices reached through this vCPU's MSRs
         self.state = State.RUNNING
         self.pending: PendingEvent | None = None
@@ -222,6 +223,14 @@ class VCpu:
     def inject_page_fault(self, cr2: int, error_code: int) -> None:
         """For the host model: a #PF it injects (async PF not-present / page ready)."""
         self.pending = PendingEvent(EXC_PF, "host", error_code, cr2)
+
+    def inject_interrupt(self, vector: int) -> None:
+        """For the host model: a fixed, edge interrupt from the host into this vCPU's local APIC."""
+        self.apic.accept(vector)
+
+    def apic_enabled(self) -> bool:
+        """For the host model: the local APIC is on (SVR bit 8)."""
+        return self.apic.enabled
 
     def set_halted(self, halted: bool) -> None:
         """For the host model: apf.halted (the vCPU waits for a page, but wakes for interrupts)."""

@@ -1,7 +1,8 @@
 """Today's async-PF protocol (Linux 5.8 and later) as this machine's real KVM gives it, for every
 rule that needs no page-out: the guest guests/apf/modern_msrs.S run by guests/tools/kvmrun.py with
 the host's paravirtual features offered. This pins down our reading of the kernel before apfdbg
-models it (issue: today's protocol); apfdbg's modern profiles must pass the same guest.
+models it; apfdbg's profile `6.18` passes the same guest (and the 2010 profiles fail it at its
+first check: they offer no interrupt delivery).
 
 The rules and where they come from (arch/x86/kvm/x86.c unless named):
 - CPUID 0x40000001 offers KVM_FEATURE_ASYNC_PF_INT (bit 14): kvm_set_cpu_caps / cpuid.c;
@@ -52,3 +53,30 @@ def test_without_the_features_the_guest_sees_none():
         pytest.skip(f"no KVM here ({why})")
     res = kvmrun.run_guest(str(GUEST), 1, timeout=30.0)
     assert res.status == (0x10 << 1) | 1, res.reason
+
+
+def _apfdbg(profile: str):
+    from apfdbg.host.kvm import build_machine
+    from apfdbg.machine.config import MachineConfig
+    from apfdbg.machine.image import load_image
+    m = build_machine(load_image(GUEST), MachineConfig(vcpus=1), profile=profile)
+    try:
+        return m.run(5_000_000)
+    finally:
+        m.close()
+
+
+def test_apfdbg_today_profile_passes_the_same_guest():
+    res = _apfdbg("6.18")
+    assert res.status == 1, res
+
+
+@pytest.mark.parametrize("profile", ["seed", "2.6.38"])
+def test_the_2010_profiles_offer_no_interrupt_delivery(profile):
+    assert _apfdbg(profile).status == (0x11 << 1) | 1
+
+
+def test_the_command_line_picks_the_profile():
+    from apfdbg.cli import main
+    assert main(["run", str(GUEST), "--profile", "6.18", "--headless", "--vcpus", "1"]) == 1
+    assert main(["run", str(GUEST), "--profile", "2.6.38", "--headless", "--vcpus", "1"]) == (0x11 << 1) | 1

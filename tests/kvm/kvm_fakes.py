@@ -50,6 +50,8 @@ class FakeVcpu:
         self.injected: list[tuple[int, int]] = []
         self.halted = False
         self.halt_calls: list[bool] = []
+        self.interrupts: list[int] = []   # vectors sent to its local APIC (today's page-ready)
+        self.apic_on = True
 
     def interrupt_allowed(self) -> bool:
         return self.if_flag and not self.shadow and not self.pending
@@ -67,6 +69,12 @@ class FakeVcpu:
     def set_halted(self, halted: bool) -> None:
         self.halted = halted
         self.halt_calls.append(halted)
+
+    def inject_interrupt(self, vector: int) -> None:
+        self.interrupts.append(vector)
+
+    def apic_enabled(self) -> bool:
+        return self.apic_on
 
     def deliver(self, memory: FakeMemory | None = None, area: int = AREA) -> list[tuple[int, int]]:
         """The machine delivers the pending #PFs; the guest handler reads and zeroes the

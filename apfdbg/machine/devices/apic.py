@@ -32,11 +32,13 @@ class X2Apic(MsrDevice):
     name = "apic"          # the `handler` of its msr_read/msr_write events
 
     def __init__(self, apic_id: int, timeline: Timeline, bus: ApicBus,
-                 on_interrupt: Callable[[], None] = lambda: None) -> None:
+                 on_interrupt: Callable[[], None] = lambda: None,
+                 on_enable: Callable[[], None] = lambda: None) -> None:
         self.id = apic_id
         self.timeline = timeline
         self.bus = bus
         self.on_interrupt = on_interrupt  # something became pending: wake the vCPU if it sleeps
+        self.on_enable = on_enable        # an SVR write with bit 8 set (a host may re-check its work)
         self.reset()
 
     def reset(self) -> None:
@@ -159,6 +161,8 @@ class X2Apic(MsrDevice):
             self.tpr = value & 0xFF
         elif index == SVR:
             self.svr = value & 0x1FF
+            if self.enabled:
+                self.on_enable()
         elif index == LVT_TIMER:
             self.lvt_timer = value & 0x700FF
             if not self.enabled:
