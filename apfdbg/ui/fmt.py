@@ -64,6 +64,9 @@ def apf_fields(value: int, profile: Any) -> list[tuple[str, str, bool]]:
     out = [("GPA", f"{d['gpa']:#x}", False), ("EN", "1" if d["enable_bit"] else "0", not d["enable_bit"])]
     if "send_always" in d:
         out.append(("SA", "1" if d["send_always"] else "0", False))
+    if "delivery_as_int" in d:   # today's protocol: page-ready as an interrupt (needed for "enabled")
+        out.append(("INT", "1" if d["delivery_as_int"] else "0", not d["delivery_as_int"]))
+        out.append(("VMX", "1" if d["delivery_as_pf_vmexit"] else "0", False))
     out.append(("rsvd", f"{d['reserved']:#x}", bool(d["reserved"])))
     return out
 

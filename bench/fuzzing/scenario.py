@@ -28,12 +28,11 @@ IMAGES = {"apfdemo": GUESTS / "apfdemo" / "apfdemo.elf", "refkernel": GUESTS / "
 @lru_cache(maxsize=None)
 def corpus() -> tuple[str, ...]:
     texts = [p.read_text() for p in (ROOT / "apfdbg" / "scenarios").glob("*.toml")]
-    texts += [p.read_text() for p in (ROOT / "scenarios").glob("*.toml")]
     texts.append((ROOT / "tests" / "gdb" / "apf_small.toml").read_text())
     doc = (ROOT / "docs" / "scenarios.md").read_text()
     texts += re.findall(r"```toml\n(.*?)```", doc, re.S)
     # images relative to the scenario files: make them absolute (the mutants live in a temp dir)
-    return tuple(re.sub(r'image = "(\.\./)+guests', f'image = "{GUESTS}', t) for t in texts)
+    return tuple(re.sub(r'image = "(\.\./)+(data/)?guests', f'image = "{GUESTS}', t) for t in texts)
 
 
 # ---- mutated TOML ----------------------------------------------------------------------------------

@@ -52,6 +52,15 @@
     MSR_WRITE_REG MSR_EN, %rax
 .endm
 
+/* an EN write of area | bits that must raise #GP (failure `code`) */
+.macro EN_WRITE_GP bits, code
+    leaq area(%rip), %r12
+    orq $\bits, %r12
+    EXPECT 1f
+    MSR_WRITE_REG MSR_EN, %r12
+1:  ASSERT_EQ %gs:PC_VECTOR, $EXC_GP, \code
+.endm
+
 /* IF = 1 for a while, then IF = 0 again */
 .macro OPEN_WINDOW
     sti
@@ -99,18 +108,8 @@ _start:
     MSR_WRITE MSR_ACK, 1
 
     /* --- MSR_KVM_ASYNC_PF_EN: reserved bits, ENABLED alone ------------------------ */
-    leaq area(%rip), %rax
-    orq $(EN_ON | EN_INT | 0x10), %rax
-    movq %rax, %r12
-    EXPECT 1f
-    MSR_WRITE_REG MSR_EN, %r12
-1:  ASSERT_EQ %gs:PC_VECTOR, $EXC_GP, 0x30
-    leaq area(%rip), %rax
-    orq $(EN_ON | EN_INT | 0x20), %rax
-    movq %rax, %r12
-    EXPECT 1f
-    MSR_WRITE_REG MSR_EN, %r12
-1:  ASSERT_EQ %gs:PC_VECTOR, $EXC_GP, 0x31
+    EN_WRITE_GP (EN_ON | EN_INT | 0x10), 0x30
+    EN_WRITE_GP (EN_ON | EN_INT | 0x20), 0x31
     MSR_READ MSR_EN
     ASSERT_EQ %rax, $0, 0x32            /* nothing stored */
 

@@ -182,3 +182,11 @@ def test_the_2010_profiles_keep_their_msrs_only():
 def test_delivery_as_int_is_reserved_in_2010(profile):
     r = Rig(profile)
     assert not r.host.wrmsr(0, MSR_KVM_ASYNC_PF_EN, AREA | EN | INT)
+
+
+def test_the_msr_panel_decodes_the_delivery_bits_of_today():
+    """The MSR panel's EN decoding: today's profile shows INT (needed for "enabled") and VMX; the
+    2010 profiles keep their fields."""
+    from apfdbg.ui.fmt import apf_text
+    assert apf_text(AREA | EN | INT, get_profile("6.18")) == f"GPA={AREA:#x} EN=1 SA=0 INT=1 VMX=0 rsvd=0x0"
+    assert apf_text(AREA | EN, get_profile("2.6.38")) == f"GPA={AREA:#x} EN=1 SA=0 rsvd=0x0"
